@@ -1,0 +1,90 @@
+"""Run order and queue positions. Pure: no I/O.
+
+Queued jobs run by priority (high, normal, low), then in submit order (``seq``). A batch takes
+consecutive ``seq`` numbers at one priority, so its jobs stay together. A job that comes back after
+a retry delay or a dead worker keeps its ``seq`` and so its old place.
+
+``OrderIndex`` holds the run order of every queued job of a database as a sorted list, so a position
+is a binary search (microseconds at 100,000 jobs) instead of a ``COUNT(*)`` over the table.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator
+from enum import IntEnum
+
+__all__ = ["OrderIndex", "OrderKey", "Priority", "order_key"]
+
+
+class Priority(IntEnum):
+    """How urgent a job is; higher values run first."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+OrderKey = tuple[int, int]
+"""``(-priority, seq)``: sorting these ascending gives the run order."""
+
+
+def order_key(priority: int, seq: int) -> OrderKey:
+    return (-priority, seq)
+
+
+class OrderIndex:
+    """The run order of the queued jobs, and each one's 1-based position in it.
+
+    Updates are idempotent (``put`` of a job already present with the same key does nothing), so
+    changes seen twice, once locally and once when reading the database, are harmless.
+    """
+
+    def __init__(self, entries: Iterable[tuple[int, OrderKey]] = ()) -> None:
+        self._key_of: dict[int, OrderKey] = {}
+        self._keys: list[tuple[int, int, int]] = []  # (neg priority, seq, job id), sorted
+        for job_id, key in entries:
+            self._key_of[job_id] = key
+            self._keys.append((*key, job_id))
+        self._keys.sort()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._key_of
+
+    def put(self, job_id: int, key: OrderKey) -> None:
+        """Place (or move) a job in the order."""
+        old = self._key_of.get(job_id)
+        if old == key:
+            return
+        if old is not None:
+            self.discard(job_id)
+        self._key_of[job_id] = key
+        insort(self._keys, (*key, job_id))
+
+    def discard(self, job_id: int) -> None:
+        """Take a job out of the order, if it is there."""
+        key = self._key_of.pop(job_id, None)
+        if key is not None:
+            i = bisect_left(self._keys, (*key, job_id))
+            del self._keys[i]
+
+    def position(self, job_id: int) -> int | None:
+        """1 = runs next; None when the job is not queued."""
+        key = self._key_of.get(job_id)
+        if key is None:
+            return None
+        return bisect_left(self._keys, (*key, job_id)) + 1
+
+    def head(self, n: int) -> list[int]:
+        """The ids of the first ``n`` jobs in run order."""
+        return [entry[2] for entry in self._keys[:n]]
+
+    def __iter__(self) -> Iterator[int]:
+        return (entry[2] for entry in self._keys)

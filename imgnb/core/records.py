@@ -1,0 +1,99 @@
+"""The plain records that travel between the layers. Pure: no I/O.
+
+Times are epoch seconds (UTC) here and in the database; the public ``Job`` turns them into
+timezone-aware datetimes at the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .ordering import OrderKey, order_key
+from .states import JobStatus
+
+__all__ = ["EventKind", "GenerationRequest", "JobEvent", "JobRecord", "JobSpec"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """A validated job, ready to be stored (it has no id yet)."""
+
+    prompt: str
+    params: dict[str, Any]
+    seed: int
+    priority: int
+    group: str | None
+    timeout: float | None
+    max_retries: int
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRecord:
+    """One stored job, as the database holds it."""
+
+    id: int
+    seq: int
+    status: JobStatus
+    priority: int
+    group: str | None
+    prompt: str
+    params: dict[str, Any]
+    seed: int
+    metadata: dict[str, Any]
+    timeout: float | None
+    max_retries: int
+    attempts: int = 0
+    error: str | None = None
+    progress: float = 0.0
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    run_at: float
+    images: tuple[str, ...] = ()
+    owner: str | None = None
+    device: str | None = None
+    lease_until: float | None = None
+    cancel_requested: bool = False
+    batch: str | None = None  # the batched pipeline call it ran in, if any
+    revision: int = 0
+
+    @property
+    def order_key(self) -> OrderKey:
+        return order_key(self.priority, self.seq)
+
+    def request(self) -> GenerationRequest:
+        return GenerationRequest(job_id=self.id, prompt=self.prompt, params=self.params, seed=self.seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest:
+    """What a generator gets: ``generator(request, on_step) -> list[PIL.Image.Image]``."""
+
+    job_id: int
+    prompt: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+class EventKind(str, Enum):
+    STATUS = "status"  # the job changed status (error, attempts and times may have changed with it)
+    POSITION = "position"  # its place in the queue moved
+    PROGRESS = "progress"  # a generation step finished
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobEvent:
+    """One change to one job, as ``ImageQueue.subscribe`` callbacks receive it."""
+
+    kind: EventKind
+    job_id: int
+    status: JobStatus
+    position: int | None
+    progress: float
+    error: str | None
+    step: int | None = None
+    total_steps: int | None = None

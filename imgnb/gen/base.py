@@ -1,0 +1,45 @@
+"""What the queue needs from a generator, and the optional hooks it uses when present.
+
+A generator is any callable ``generator(request, on_step) -> list[PIL.Image.Image]``. It calls
+``on_step(step, total)`` after each step; ``on_step`` raises ``JobInterrupted`` (``JobTimedOut``
+for a timeout) when the job must stop, and the generator lets it propagate.
+
+Optional attributes, looked up with ``getattr``:
+
+- ``device: str``: the device it runs on ("cuda:0", "cpu"); one job at a time runs per device.
+- ``validate_params(params) -> params``: raise ``InvalidJob`` for parameters it cannot take;
+  called at submit time, before anything is stored.
+- ``batch_key(request) -> str | None``: requests with the same non-None key may share one call.
+- ``generate_batch(requests, on_step) -> list[list[Image]]``: one call for several requests,
+  ``on_step`` called once per step for the whole batch.
+
+String entries a generator puts in an image's ``info`` (model name, scheduler) are written into
+the stored PNG's text chunks next to the job's prompt, seed and parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..core.records import GenerationRequest
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["BatchGenerator", "Generator", "OnStep"]
+
+OnStep = Callable[[int, int], None]
+"""``on_step(step, total)``: step counts from 1; raises ``JobInterrupted`` to stop the job."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    def __call__(self, request: GenerationRequest, on_step: OnStep) -> list[Image]: ...
+
+
+@runtime_checkable
+class BatchGenerator(Generator, Protocol):
+    def batch_key(self, request: GenerationRequest) -> str | None: ...
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], on_step: OnStep) -> list[list[Image]]: ...
