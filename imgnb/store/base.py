@@ -1,0 +1,110 @@
+"""The one interface the queue uses to reach its database.
+
+SQL lives only in the implementation (``SQLStore``, for SQLite and PostgreSQL alike). Every write
+is one transaction that also bumps the database's revision, stamps the rows it changed with it and
+returns the changed rows, so callers can apply exactly what was stored.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..core.ordering import OrderKey
+from ..core.records import JobRecord, JobSpec
+from ..core.retry import RetryPolicy
+from ..core.states import JobStatus
+
+__all__ = ["Store"]
+
+
+class Store(ABC):
+    """Persistent jobs, device locks and leases. Methods are blocking; call them off the event loop
+    when they may wait (the queue runs them in its database thread)."""
+
+    @abstractmethod
+    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> list[JobRecord]:
+        """Store jobs as ``queued`` in one transaction, in order, with consecutive ``seq``: all or none."""
+
+    @abstractmethod
+    def get(self, job_id: int) -> JobRecord:
+        """One job; raises ``JobNotFound``."""
+
+    @abstractmethod
+    def list(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
+        """Jobs by status and/or group: queued ones in run order, others in submit order."""
+
+    @abstractmethod
+    def queued_keys(self) -> list[tuple[int, OrderKey]]:
+        """``(id, order key)`` of every queued job: what a queue needs to know every position."""
+
+    @abstractmethod
+    def revision(self) -> int:
+        """The number of the last write transaction."""
+
+    @abstractmethod
+    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
+        """The current revision and the jobs changed after ``revision``."""
+
+    @abstractmethod
+    def claim(
+        self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1
+    ) -> list[JobRecord]:
+        """Take ``device``'s lock and the next queued job (plus up to ``batch_size - 1`` queued jobs
+        sharing its batch key, first attempts only), marking them ``processing``. Empty when the
+        device is held by a live owner or nothing is eligible; then nothing changes."""
+
+    @abstractmethod
+    def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:
+        """Extend the leases of ``owner``'s device lock and running jobs; return the ids among
+        ``job_ids`` whose cancellation was asked for by any process."""
+
+    @abstractmethod
+    def release_device(self, *, owner: str, device: str) -> None:
+        """Give the device lock back, if ``owner`` holds it."""
+
+    @abstractmethod
+    def set_progress(self, job_id: int, *, owner: str, progress: float, now: float) -> None:
+        """Persist a running job's progress, so other processes can show it."""
+
+    @abstractmethod
+    def finish(
+        self,
+        job_id: int,
+        *,
+        owner: str,
+        status: JobStatus,
+        now: float,
+        error: str | None = None,
+        images: Sequence[str] = (),
+        run_at: float | None = None,
+        batch: str | None = None,
+    ) -> JobRecord | None:
+        """End a run of a job ``owner`` claimed: complete, error, cancelled, or pending (retry at
+        ``run_at``). None when ``owner`` no longer holds the job (its lease was lost)."""
+
+    @abstractmethod
+    def cancel(self, job_id: int, *, now: float) -> JobRecord:
+        """Cancel a pending or queued job at once; ask the owner of a processing one to stop."""
+
+    @abstractmethod
+    def requeue(self, job_id: int, *, now: float) -> JobRecord:
+        """Put a failed or cancelled job back at the end of its priority's queue."""
+
+    @abstractmethod
+    def promote_due(self, *, now: float) -> list[JobRecord]:
+        """Move pending jobs whose retry delay has passed to ``queued``."""
+
+    @abstractmethod
+    def recover_stalled(self, *, now: float, policy: RetryPolicy) -> list[JobRecord]:
+        """Jobs whose owner's lease ran out go back to their old place, or to error once their
+        retries are spent."""
+
+    @abstractmethod
+    def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
+        """Deep-merge ``patch`` into a job's metadata in one statement (RFC 7396)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,464 @@
+"""``SQLStore``: the Store over SQLAlchemy, for SQLite files and PostgreSQL servers alike.
+
+Every write transaction first bumps the single ``imgnb_meta`` row. On SQLite that row is free
+(``BEGIN IMMEDIATE`` already serialises writers); on PostgreSQL its row lock orders all writers,
+so revisions become visible in the order they were handed out (a reader that saw revision N has
+seen every change up to N) and no two writers can deadlock on job and device rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..core.ordering import OrderKey, order_key
+from ..core.records import JobRecord, JobSpec
+from ..core.retry import FailureKind, RetryPolicy, get_retry_decision
+from ..core.states import JobStatus, check_transition
+from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
+from .base import Store
+from .engine import READ_ONLY, make_engine, to_url
+from .schema import SCHEMA_VERSION, DeviceRow, JobRow, MetaRow
+
+__all__ = ["SQLStore"]
+
+job = JobRow.__table__  # type: ignore[attr-defined]
+meta = MetaRow.__table__  # type: ignore[attr-defined]
+device_lock = DeviceRow.__table__  # type: ignore[attr-defined]
+
+# RFC 7396 merge patch, as SQLite's json_patch() does it. PostgreSQL's `jsonb || jsonb` is shallow.
+_PG_MERGE = """
+CREATE OR REPLACE FUNCTION imgnb_jsonb_merge(target jsonb, patch jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF patch IS NULL OR jsonb_typeof(patch) <> 'object' THEN RETURN patch; END IF;
+  IF target IS NULL OR jsonb_typeof(target) <> 'object' THEN target := '{}'::jsonb; END IF;
+  RETURN COALESCE((
+    SELECT jsonb_object_agg(key, value) FROM (
+      SELECT t.key, t.value FROM jsonb_each(target) t WHERE NOT (patch ? t.key)
+      UNION ALL
+      SELECT p.key, imgnb_jsonb_merge(target -> p.key, p.value) FROM jsonb_each(patch) p
+      WHERE jsonb_typeof(p.value) <> 'null'
+    ) merged), '{}'::jsonb);
+END $$;
+"""
+_PG_INIT_LOCK = 0x1AB9  # advisory lock: two processes creating the schema at once take turns
+
+_MIGRATIONS: dict[int, str] = {}  # from version N to N + 1: SQL run in the upgrade transaction
+
+
+def _record(row: sa.Row[Any]) -> JobRecord:
+    m = row._mapping
+    return JobRecord(
+        id=m["id"],
+        seq=m["seq"],
+        status=JobStatus(m["status"]),
+        priority=m["priority"],
+        group=m["group_name"],
+        prompt=m["prompt"],
+        params=m["params"],
+        seed=m["seed"],
+        metadata=m["meta"],
+        timeout=m["timeout"],
+        max_retries=m["max_retries"],
+        attempts=m["attempts"],
+        error=m["error"],
+        progress=m["progress"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        run_at=m["run_at"],
+        images=tuple(m["images"]),
+        owner=m["owner"],
+        device=m["device"],
+        lease_until=m["lease_until"],
+        cancel_requested=bool(m["cancel_requested"]),
+        batch=m["batch"],
+        revision=m["revision"],
+    )
+
+
+class SQLStore(Store):
+    """Jobs in an SQLite file or a PostgreSQL database, created and upgraded on open."""
+
+    def __init__(self, db: str | Path | sa.URL) -> None:
+        self.url = db if isinstance(db, sa.URL) else to_url(db)
+        self.engine = make_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        self._reader = self.engine.execution_options(**{READ_ONLY: True})
+        try:
+            self._prepare()
+        except sa.exc.DatabaseError as exc:
+            self.engine.dispose()
+            if self.dialect == "sqlite":
+                raise NotADatabase(
+                    f"{self.url.database} cannot be used as an imgnb database ({exc.orig}); it was left untouched"
+                ) from None
+            raise DatabaseError(f"cannot open {self.url.render_as_string(hide_password=True)}: {exc.orig}") from None
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
+            if not sa.inspect(conn).has_table(meta.name):
+                for table in (meta, job, device_lock):
+                    table.create(conn, checkfirst=True)
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql(_PG_MERGE)
+                conn.execute(sa.insert(meta).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0))
+                return
+            version = conn.execute(sa.select(meta.c.schema_version)).scalar_one()
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self!r} has schema version {version}, newer than this imgnb understands "
+                    f"({SCHEMA_VERSION}); upgrade imgnb to open it. The database was not changed."
+                )
+            for step in range(version, SCHEMA_VERSION):
+                conn.exec_driver_sql(_MIGRATIONS[step])
+            conn.execute(sa.update(meta).values(schema_version=SCHEMA_VERSION))
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[sa.Connection, int]]:
+        """One write transaction and its revision number; the meta row is locked first."""
+        with self.engine.begin() as conn:
+            rev = conn.execute(
+                sa.update(meta).values(revision=meta.c.revision + 1).returning(meta.c.revision)
+            ).scalar_one()
+            yield conn, rev
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._reader.begin() as conn:
+            yield conn
+
+    @staticmethod
+    def _one(conn: sa.Connection, job_id: int) -> JobRecord:
+        row = conn.execute(sa.select(job).where(job.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return _record(row)
+
+    @staticmethod
+    def _update_one(conn: sa.Connection, job_id: int, *where: Any, **values: Any) -> JobRecord | None:
+        row = conn.execute(
+            sa.update(job).where(job.c.id == job_id, *where).values(**values).returning(*job.c)
+        ).first()
+        return None if row is None else _record(row)
+
+    # -- Store ----------------------------------------------------------------------------------
+
+    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> list[JobRecord]:
+        if not specs:
+            return []
+        with self._write() as (conn, rev):
+            first = conn.execute(
+                sa.update(meta).values(next_seq=meta.c.next_seq + len(specs)).returning(meta.c.next_seq)
+            ).scalar_one() - len(specs)
+            rows = [
+                {
+                    "seq": first + i,
+                    "status": JobStatus.QUEUED.value,
+                    "priority": spec.priority,
+                    "group_name": spec.group,
+                    "prompt": spec.prompt,
+                    "params": spec.params,
+                    "seed": spec.seed,
+                    "meta": spec.metadata,
+                    "timeout": spec.timeout,
+                    "max_retries": spec.max_retries,
+                    "attempts": 0,
+                    "progress": 0.0,
+                    "images": [],
+                    "created_at": now,
+                    "updated_at": now,
+                    "run_at": now,
+                    "cancel_requested": False,
+                    "batch_key": key,
+                    "revision": rev,
+                }
+                for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True))
+            ]
+            conn.execute(sa.insert(job), rows)
+            # ids are not returned by executemany on every driver; seq is unique, so read back by it
+            stored = conn.execute(
+                sa.select(job).where(job.c.seq >= first, job.c.seq < first + len(specs)).order_by(job.c.seq)
+            ).all()
+        return [_record(r) for r in stored]
+
+    def get(self, job_id: int) -> JobRecord:
+        with self._read() as conn:
+            return self._one(conn, job_id)
+
+    def list(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
+        query = sa.select(job)
+        if status is not None:
+            query = query.where(job.c.status == JobStatus(status).value)
+        if group is not None:
+            query = query.where(job.c.group_name == group)
+        if status is JobStatus.QUEUED:
+            query = query.order_by(job.c.priority.desc(), job.c.seq)
+        else:
+            query = query.order_by(job.c.id)
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def queued_keys(self) -> list[tuple[int, OrderKey]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(job.c.id, job.c.priority, job.c.seq).where(job.c.status == JobStatus.QUEUED.value)
+            )
+            return [(r.id, order_key(r.priority, r.seq)) for r in rows]
+
+    def revision(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.select(meta.c.revision)).scalar_one())
+
+    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
+        with self._read() as conn:
+            current = int(conn.execute(sa.select(meta.c.revision)).scalar_one())
+            if current <= revision:
+                return current, []
+            rows = conn.execute(sa.select(job).where(job.c.revision > revision).order_by(job.c.revision, job.c.id))
+            return current, [_record(r) for r in rows]
+
+    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        with self.engine.connect() as conn:
+            with conn.begin() as txn:
+                rev = conn.execute(
+                    sa.update(meta).values(revision=meta.c.revision + 1).returning(meta.c.revision)
+                ).scalar_one()
+                conn.execute(insert(device_lock).values(name=device).on_conflict_do_nothing())
+                locked = conn.execute(
+                    sa.update(device_lock)
+                    .where(
+                        device_lock.c.name == device,
+                        sa.or_(
+                            device_lock.c.owner.is_(None),
+                            device_lock.c.owner == owner,
+                            device_lock.c.lease_until < now,
+                        ),
+                    )
+                    .values(owner=owner, lease_until=now + lease)
+                ).rowcount
+                claimed = self._claim_jobs(conn, rev, owner, device, now, lease, batch_size) if locked else []
+                if not claimed:
+                    txn.rollback()  # nothing to run: leave the lock and the revision as they were
+                    return []
+        return claimed
+
+    def _claim_jobs(
+        self, conn: sa.Connection, rev: int, owner: str, device: str, now: float, lease: float, batch_size: int
+    ) -> list[JobRecord]:
+        running = {
+            "status": JobStatus.PROCESSING.value,
+            "owner": owner,
+            "device": device,
+            "lease_until": now + lease,
+            "attempts": job.c.attempts + 1,
+            "started_at": now,
+            "updated_at": now,
+            "progress": 0.0,
+            "cancel_requested": False,
+            "batch": None,
+            "revision": rev,
+        }
+        queued = job.c.status == JobStatus.QUEUED.value
+        run_order = (job.c.priority.desc(), job.c.seq)
+        head_id = (
+            sa.select(job.c.id).where(queued).order_by(*run_order).limit(1).with_for_update(skip_locked=True)
+        ).scalar_subquery()
+        head = conn.execute(sa.update(job).where(job.c.id == head_id).values(**running).returning(*job.c)).first()
+        if head is None:
+            return []
+        claimed = [_record(head)]
+        key = head._mapping["batch_key"]
+        if batch_size > 1 and key is not None and claimed[0].attempts == 1:
+            mates = (
+                sa.select(job.c.id)
+                .where(queued, job.c.batch_key == key, job.c.attempts == 0)
+                .order_by(*run_order)
+                .limit(batch_size - 1)
+                .with_for_update(skip_locked=True)
+            )
+            label = f"{device}#{claimed[0].id}"
+            more = conn.execute(
+                sa.update(job).where(job.c.id.in_(mates)).values(**running).returning(*job.c)
+            ).all()
+            if more:
+                ids = [claimed[0].id, *(r.id for r in more)]
+                rows = conn.execute(
+                    sa.update(job).where(job.c.id.in_(ids)).values(batch=label).returning(*job.c)
+                ).all()
+                claimed = sorted((_record(r) for r in rows), key=lambda r: r.order_key)
+        return claimed
+
+    def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:
+        with self._write() as (conn, _rev):
+            conn.execute(
+                sa.update(device_lock)
+                .where(device_lock.c.name == device, device_lock.c.owner == owner)
+                .values(lease_until=now + lease)
+            )
+            if not job_ids:
+                return set()
+            rows = conn.execute(
+                sa.update(job)
+                .where(job.c.id.in_(list(job_ids)), job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
+                .values(lease_until=now + lease)
+                .returning(job.c.id, job.c.cancel_requested)
+            ).all()
+            return {r.id for r in rows if r.cancel_requested}
+
+    def release_device(self, *, owner: str, device: str) -> None:
+        with self._write() as (conn, _rev):
+            conn.execute(
+                sa.update(device_lock)
+                .where(device_lock.c.name == device, device_lock.c.owner == owner)
+                .values(owner=None, lease_until=None)
+            )
+
+    def set_progress(self, job_id: int, *, owner: str, progress: float, now: float) -> None:
+        with self._write() as (conn, rev):
+            conn.execute(
+                sa.update(job)
+                .where(job.c.id == job_id, job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
+                .values(progress=progress, updated_at=now, revision=rev)
+            )
+
+    def finish(
+        self,
+        job_id: int,
+        *,
+        owner: str,
+        status: JobStatus,
+        now: float,
+        error: str | None = None,
+        images: Sequence[str] = (),
+        run_at: float | None = None,
+        batch: str | None = None,
+    ) -> JobRecord | None:
+        check_transition(JobStatus.PROCESSING, status)
+        values: dict[str, Any] = {"status": status.value, "updated_at": now, "lease_until": None, "error": error}
+        if status is JobStatus.PENDING:
+            values.update(run_at=now if run_at is None else run_at, progress=0.0)
+        else:
+            values.update(finished_at=now, images=list(images))
+            if status is JobStatus.COMPLETE:
+                values["progress"] = 1.0
+        with self._write() as (conn, rev):
+            return self._update_one(
+                conn,
+                job_id,
+                job.c.owner == owner,
+                job.c.status == JobStatus.PROCESSING.value,
+                revision=rev,
+                **values,
+            )
+
+    def cancel(self, job_id: int, *, now: float) -> JobRecord:
+        with self._write() as (conn, rev):
+            current = self._one(conn, job_id)
+            if current.status is JobStatus.PROCESSING:
+                values: dict[str, Any] = {"cancel_requested": True}
+            else:
+                check_transition(current.status, JobStatus.CANCELLED)
+                values = {"status": JobStatus.CANCELLED.value, "finished_at": now, "error": None}
+            updated = self._update_one(conn, job_id, updated_at=now, revision=rev, **values)
+            assert updated is not None  # the row is locked by this transaction
+            return updated
+
+    def requeue(self, job_id: int, *, now: float) -> JobRecord:
+        with self._write() as (conn, rev):
+            check_transition(self._one(conn, job_id).status, JobStatus.QUEUED)
+            seq = conn.execute(
+                sa.update(meta).values(next_seq=meta.c.next_seq + 1).returning(meta.c.next_seq)
+            ).scalar_one() - 1
+            updated = self._update_one(
+                conn,
+                job_id,
+                status=JobStatus.QUEUED.value,
+                seq=seq,
+                attempts=0,
+                error=None,
+                progress=0.0,
+                images=[],
+                started_at=None,
+                finished_at=None,
+                run_at=now,
+                owner=None,
+                device=None,
+                batch=None,
+                cancel_requested=False,
+                updated_at=now,
+                revision=rev,
+            )
+            assert updated is not None
+            return updated
+
+    def promote_due(self, *, now: float) -> list[JobRecord]:
+        due = sa.and_(job.c.status == JobStatus.PENDING.value, job.c.run_at <= now)
+        with self._read() as conn:
+            if conn.execute(sa.select(job.c.id).where(due).limit(1)).first() is None:
+                return []
+        with self._write() as (conn, rev):
+            rows = conn.execute(
+                sa.update(job).where(due).values(status=JobStatus.QUEUED.value, updated_at=now, revision=rev).returning(*job.c)
+            ).all()
+            return [_record(r) for r in rows]
+
+    def recover_stalled(self, *, now: float, policy: RetryPolicy) -> list[JobRecord]:
+        stalled = sa.and_(job.c.status == JobStatus.PROCESSING.value, job.c.lease_until < now)
+        with self._read() as conn:
+            if conn.execute(sa.select(job.c.id).where(stalled).limit(1)).first() is None:
+                return []
+        recovered = []
+        with self._write() as (conn, rev):
+            for row in conn.execute(sa.select(job).where(stalled)).all():
+                lost = _record(row)
+                decision = get_retry_decision(
+                    kind=FailureKind.WORKER_LOST, attempts=lost.attempts, max_retries=lost.max_retries, policy=policy
+                )
+                why = f"its worker {lost.owner} stopped responding during attempt {lost.attempts}"
+                values: dict[str, Any] = (
+                    {"status": JobStatus.QUEUED.value, "error": f"{why}; re-queued"}
+                    if decision is not None
+                    else {"status": JobStatus.ERROR.value, "error": f"{why}; no retries left", "finished_at": now}
+                )
+                updated = self._update_one(
+                    conn, lost.id, stalled, lease_until=None, progress=0.0, updated_at=now, revision=rev, **values
+                )
+                if updated is not None:
+                    recovered.append(updated)
+        return recovered
+
+    def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
+        text = json.dumps(patch)
+        if self.dialect == "postgresql":
+            merged: Any = sa.func.imgnb_jsonb_merge(job.c.meta, sa.cast(sa.literal(text), JSONB))
+        else:
+            merged = sa.func.json_patch(job.c.meta, sa.literal(text))
+        with self._write() as (conn, rev):
+            updated = self._update_one(conn, job_id, meta=merged, revision=rev)
+            if updated is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            return updated
+
+    def close(self) -> None:
+        self.engine.dispose()
