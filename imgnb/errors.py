@@ -16,6 +16,7 @@ __all__ = [
     "JobInterrupted",
     "JobNotFound",
     "JobTimedOut",
+    "JobWaitTimeout",
     "NotADatabase",
     "QueueClosed",
     "SchemaVersionError",
@@ -70,6 +71,10 @@ class JobInterrupted(ImgnbError):
 
 class JobTimedOut(JobInterrupted):
     """The job ran past its timeout."""
+
+
+class JobWaitTimeout(ImgnbError, TimeoutError):
+    """The job did not finish within the time given to wait for it; it goes on running."""
 
 
 class QueueClosed(ImgnbError):

@@ -36,8 +36,9 @@ class Store(ABC):
         """Jobs by status and/or group: queued ones in run order, others in submit order."""
 
     @abstractmethod
-    def queued_keys(self) -> list[tuple[int, OrderKey]]:
-        """``(id, order key)`` of every queued job: what a queue needs to know every position."""
+    def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
+        """The revision and ``(id, order key)`` of every queued job at that revision: all a queue
+        needs to know every position."""
 
     @abstractmethod
     def revision(self) -> int:
@@ -100,6 +101,11 @@ class Store(ABC):
     def recover_stalled(self, *, now: float, policy: RetryPolicy) -> list[JobRecord]:
         """Jobs whose owner's lease ran out go back to their old place, or to error once their
         retries are spent."""
+
+    @abstractmethod
+    def abandon(self, *, owner: str, now: float) -> list[JobRecord]:
+        """Hand back everything ``owner`` holds, at closing: its processing jobs go back to their
+        old place with the interrupted run not counted, and its device locks are freed."""
 
     @abstractmethod
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:

@@ -218,12 +218,13 @@ class SQLStore(Store):
         with self._read() as conn:
             return [_record(r) for r in conn.execute(query)]
 
-    def queued_keys(self) -> list[tuple[int, OrderKey]]:
+    def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
         with self._read() as conn:
+            revision = int(conn.execute(sa.select(meta.c.revision)).scalar_one())
             rows = conn.execute(
                 sa.select(job.c.id, job.c.priority, job.c.seq).where(job.c.status == JobStatus.QUEUED.value)
             )
-            return [(r.id, order_key(r.priority, r.seq)) for r in rows]
+            return revision, [(r.id, order_key(r.priority, r.seq)) for r in rows]
 
     def revision(self) -> int:
         with self._read() as conn:
@@ -447,6 +448,27 @@ class SQLStore(Store):
                 if updated is not None:
                     recovered.append(updated)
         return recovered
+
+    def abandon(self, *, owner: str, now: float) -> list[JobRecord]:
+        with self._write() as (conn, rev):
+            conn.execute(
+                sa.update(device_lock).where(device_lock.c.owner == owner).values(owner=None, lease_until=None)
+            )
+            rows = conn.execute(
+                sa.update(job)
+                .where(job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    attempts=job.c.attempts - 1,
+                    lease_until=None,
+                    progress=0.0,
+                    started_at=None,
+                    updated_at=now,
+                    revision=rev,
+                )
+                .returning(*job.c)
+            ).all()
+            return [_record(r) for r in rows]
 
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
         text = json.dumps(patch)

@@ -1,0 +1,71 @@
+"""Image files: one PNG per image, in a folder per database, carrying how it was made.
+
+Each PNG holds, as text chunks, the job's prompt, seed and every generation parameter, plus what
+the generator put in the image's ``info`` (model, scheduler), and an ``imgnb`` chunk with all of it
+as JSON, so an image found alone on disk can be reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image as PILImage
+from PIL.PngImagePlugin import PngInfo
+
+from ..core.records import GenerationRequest
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["default_images_dir", "load_images", "save_images"]
+
+
+def default_images_dir(database: str | None, backend: str) -> Path:
+    """``runs/jobs.db`` keeps its images in ``runs/jobs-images/``; a server database in
+    ``./imgnb-images/<database name>/``."""
+    if backend == "sqlite" and database:
+        path = Path(database)
+        return path.with_name(f"{path.stem}-images")
+    return Path("imgnb-images") / (database or "default")
+
+
+def png_text(request: GenerationRequest, image: Image) -> dict[str, str]:
+    text = {k: v for k, v in image.info.items() if isinstance(v, str)}
+    text.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in request.params.items()})
+    text.update(prompt=request.prompt, seed=str(request.seed), job_id=str(request.job_id))
+    text["imgnb"] = json.dumps(
+        {"job_id": request.job_id, "prompt": request.prompt, "seed": request.seed, "params": request.params,
+         **{k: v for k, v in image.info.items() if isinstance(v, str)}},
+        sort_keys=True,
+    )
+    return text
+
+
+def save_images(folder: Path, request: GenerationRequest, images: Sequence[Image]) -> list[str]:
+    """Write the images of one job; returns their absolute paths. Each file is written under a
+    temporary name and renamed, so a crash never leaves a half-written PNG under the final name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, image in enumerate(images):
+        info = PngInfo()
+        for key, value in png_text(request, image).items():
+            info.add_text(key, value)
+        path = (folder / f"job{request.job_id:06d}_{k}.png").resolve()
+        tmp = path.with_suffix(".tmp")
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+        paths.append(str(path))
+    return paths
+
+
+def load_images(paths: Sequence[str]) -> list[Image]:
+    images = []
+    for path in paths:
+        with PILImage.open(path) as im:
+            im.load()
+            images.append(im.copy() if im.mode == "RGB" else im.convert("RGB"))
+    return images

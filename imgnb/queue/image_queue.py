@@ -1,0 +1,471 @@
+"""``ImageQueue``: the public face of imgnb. Submit jobs, watch them, get their images.
+
+It wires the store (SQL), the view (positions and events), the event loop (the kernel's, or its
+own thread in a script) and one ``DeviceWorker`` per device. Calls from the user's thread write
+to the store directly and return at once; the background work (claiming, running, reading other
+processes' changes) runs on the loop, its SQL in one database thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+
+from ..core.leases import LeasePolicy
+from ..core.records import EventKind, GenerationRequest, JobEvent, JobRecord, JobSpec
+from ..core.retry import RetryPolicy
+from ..core.states import JobStatus
+from ..core.validation import ParamsValidator, invalid, validate_job
+from ..errors import InvalidJob, JobInterrupted, JobWaitTimeout, QueueClosed
+from ..gen.base import Generator
+from ..store import SQLStore, Store
+from .events import EventBus, Subscriber
+from .files import default_images_dir, load_images
+from .job import Job
+from .loop import QueueLoop
+from .view import QueueView
+from .worker import DeviceWorker
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["ImageQueue"]
+
+T = TypeVar("T")
+_BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
+
+
+def _generators(generator: Any, pipeline: Any) -> dict[str, Generator]:
+    """Device name -> generator, from ``generator=`` or ``pipeline=`` (one, or a dict by device)."""
+    if generator is not None and pipeline is not None:
+        raise InvalidJob("give generator= or pipeline=, not both")
+    if pipeline is not None:
+        from ..gen.diffusers_gen import DiffusersGenerator
+
+        pipes = pipeline if isinstance(pipeline, Mapping) else {None: pipeline}
+        return {str(d if d is not None else _device_of(p)): DiffusersGenerator(p) for d, p in pipes.items()}
+    if generator is None:
+        return {}
+    gens = generator if isinstance(generator, Mapping) else {None: generator}
+    for g in gens.values():
+        if not callable(g):
+            raise InvalidJob(f"generator={g!r} is invalid; allowed: a callable generator(request, on_step) -> images")
+    return {str(d if d is not None else getattr(g, "device", "default")): g for d, g in gens.items()}
+
+
+def _device_of(pipe: Any) -> str:
+    return str(getattr(pipe, "device", "default"))
+
+
+class ImageQueue:
+    """A persistent queue of text-to-image jobs, run one at a time per device.
+
+    ``db`` is an SQLite file path (created with its folder) or an SQLAlchemy URL such as
+    ``postgresql+psycopg://user@host/db``; several processes may share one database. Without a
+    generator or pipeline the queue only stores and watches jobs (other processes run them).
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str],
+        *,
+        generator: Generator | Mapping[str, Generator] | None = None,
+        pipeline: Any = None,
+        start: bool = True,
+        images_dir: str | os.PathLike[str] | None = None,
+        batch_size: int = 1,
+        retry_policy: RetryPolicy | None = None,
+        lease: LeasePolicy | None = None,
+        store: Store | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise invalid("batch_size", batch_size, "an integer >= 1 (1: batching off)")
+        generators = _generators(generator, pipeline)
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.lease = lease or LeasePolicy()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.store: Store = store or SQLStore(os.fspath(db))
+        url = getattr(self.store, "url", None)
+        self.images_dir = Path(images_dir) if images_dir is not None else default_images_dir(
+            url.database if isinstance(url, sa.URL) else None, url.get_backend_name() if isinstance(url, sa.URL) else ""
+        )
+        self._check_params: ParamsValidator | None = next(
+            (g.validate_params for g in generators.values() if hasattr(g, "validate_params")), None
+        )
+        self._batch_key = next((g.batch_key for g in generators.values() if hasattr(g, "batch_key")), None)
+        self._batching = batch_size > 1
+        self._view = QueueView(*self.store.queued_snapshot())
+        self._steps: dict[int, tuple[int, int]] = {}
+        self._loop = QueueLoop()
+        self._bus = EventBus(self._loop)
+        self._db_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="imgnb-db")
+        self._closed = False
+        self._started = False
+        self._paused = False
+        self._wakeup: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        host = socket.gethostname()
+        self._workers = [
+            DeviceWorker(self, device=d, lock_name=f"{host}/{d}", generator=g, batch_size=batch_size)
+            for d, g in generators.items()
+        ]
+        self._run_on_loop(self._start_background)
+        if start:
+            self.start()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _run_on_loop(self, fn: Callable[[], None]) -> None:
+        if self._loop.on_loop_thread():
+            fn()
+        else:
+            done = concurrent.futures.Future[None]()
+
+            def call() -> None:
+                try:
+                    fn()
+                    done.set_result(None)
+                except BaseException as exc:
+                    done.set_exception(exc)
+
+            self._loop.loop.call_soon_threadsafe(call)
+            done.result()
+
+    def _start_background(self) -> None:
+        self._wakeup = asyncio.Event()
+        loop = self._loop.loop
+        self._tasks = [loop.create_task(self._watch(), name="imgnb-watch")]
+        self._tasks += [loop.create_task(w.run_forever(), name=f"imgnb-{w.device}") for w in self._workers]
+
+    def start(self) -> None:
+        """Start running jobs (``ImageQueue(..., start=False)`` only stores and orders them)."""
+        self._check_open()
+        self._started = True
+        self._wake()
+
+    def pause(self) -> None:
+        """Start no new job; a running one finishes."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused or not self._started
+
+    @property
+    def devices(self) -> list[str]:
+        return [w.device for w in self._workers]
+
+    def close(self) -> None:
+        """Stop at once, losing nothing: running jobs go back to their place in the queue (the
+        interrupted run is not counted) and resume when a queue on this database runs again."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            self._loop.call(worker.shutdown)
+        self._db_executor.shutdown(wait=True)
+        returned = self.store.abandon(owner=self.owner, now=time.time())
+        self._publish_records(returned)
+        if self._loop.owns_thread:
+            self._loop.submit(self._cancel_tasks()).result(timeout=10)
+            self._loop.stop()
+        else:  # the kernel's loop: the tasks finish cancelling once this cell returns
+            for task in self._tasks:
+                task.cancel()
+        self.store.close()
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def __enter__(self) -> ImageQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosed("this ImageQueue is closed; open a new one on the same database")
+
+    # -- submitting -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str,
+        *,
+        priority: str = "normal",
+        group: str | None = None,
+        timeout: float | None = 300.0,
+        max_retries: int = 3,
+        metadata: dict[str, Any] | None = None,
+        seed: int | None = None,
+        **params: Any,
+    ) -> Job:
+        """Store one job and return its live handle. ``params`` go to the generator."""
+        spec = validate_job(
+            prompt,
+            priority=priority,
+            group=group,
+            timeout=timeout,
+            max_retries=max_retries,
+            metadata=metadata,
+            seed=seed,
+            params=params,
+            check_params=self._check_params,
+        )
+        return self._add([spec])[0]
+
+    def submit_batch(
+        self,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        group: str | None = None,
+        priority: str = "normal",
+        timeout: float | None = 300.0,
+        max_retries: int = 3,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[Job]:
+        """Store several jobs at once, all or none, consecutive in the queue.
+
+        Each item is a dict with ``prompt`` and optionally ``seed``, ``timeout``, ``max_retries``,
+        ``metadata`` and generation parameters; ``priority`` and ``group`` are set for the batch.
+        """
+        specs: list[JobSpec] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise invalid("item", item, "a dict with at least 'prompt'", item=i)
+            fields = dict(item)
+            for name in _BATCH_LEVEL:
+                if name in fields:
+                    raise invalid(name, fields[name], f"set {name}= once for the whole batch", item=i)
+            if "prompt" not in fields:
+                raise invalid("prompt", None, "every item needs a 'prompt'", item=i)
+            specs.append(
+                validate_job(
+                    fields.pop("prompt"),
+                    priority=priority,
+                    group=group,
+                    timeout=fields.pop("timeout", timeout),
+                    max_retries=fields.pop("max_retries", max_retries),
+                    metadata=fields.pop("metadata", metadata),
+                    seed=fields.pop("seed", None),
+                    params=fields,
+                    check_params=self._check_params,
+                    item=i,
+                )
+            )
+        return self._add(specs)
+
+    def _add(self, specs: list[JobSpec]) -> list[Job]:
+        self._check_open()
+        keys = [self._key_of(spec) for spec in specs]
+        records = self.store.add(specs, batch_keys=keys, now=time.time())
+        self._publish_records(records)
+        self._wake()
+        return [self._handle(r) for r in records]
+
+    def _key_of(self, spec: JobSpec) -> str | None:
+        if not self._batching or self._batch_key is None:
+            return None
+        key: str | None = self._batch_key(GenerationRequest(job_id=0, prompt=spec.prompt, params=spec.params, seed=spec.seed))
+        return key
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        """The job with this id; raises ``JobNotFound``."""
+        record = self.store.get(job_id)
+        self._publish_records([record])
+        return self._handle(record)
+
+    def jobs(self, status: str | JobStatus | None = None, group: str | None = None) -> list[Job]:
+        """Jobs by status and/or group; queued ones in run order, the others in submit order."""
+        if status is not None:
+            try:
+                status = JobStatus(status)
+            except ValueError:
+                raise invalid("status", status, ", ".join(s.value for s in JobStatus)) from None
+        records = self.store.list(status=status, group=group)
+        self._publish_records(records)
+        return [self._handle(r) for r in records]
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        counts = dict.fromkeys((s.value for s in JobStatus), 0)
+        for record in self.store.list():
+            counts[record.status.value] += 1
+        return counts
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(event)`` on the queue's loop for each change; returns ``unsubscribe``."""
+        return self._bus.subscribe(callback)
+
+    def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> Job:
+        """Deep-merge ``patch`` into the job's metadata, atomically (safe across processes)."""
+        if not isinstance(patch, Mapping):
+            raise invalid("patch", patch, "a dict to merge into the metadata")
+        spec_check = validate_job("-", metadata=dict(patch), params={}, seed=0)
+        record = self.store.update_metadata(job_id, spec_check.metadata)
+        self._publish_records([record])
+        return self._handle(record)
+
+    def cancel(self, job_id: int) -> None:
+        """Cancel a job: at once if waiting, at its next step if running (here or elsewhere)."""
+        record = self.store.cancel(job_id, now=time.time())
+        self._publish_records([record])
+
+    def retry(self, job_id: int) -> Job:
+        """Put a failed or cancelled job back in the queue, at the end of its priority."""
+        self._check_open()
+        record = self.store.requeue(job_id, now=time.time())
+        self._publish_records([record])
+        self._wake()
+        return self._handle(record)
+
+    # -- internals used by Job, the workers and the widgets --------------------------------------
+
+    def _handle(self, record: JobRecord) -> Job:
+        return self._view.handle(record, partial(Job, self))
+
+    def _position(self, job_id: int) -> int | None:
+        return self._view.position(job_id)
+
+    def _progress(self, record: JobRecord) -> float:
+        step = self._steps.get(record.id)
+        if step is not None and record.status is JobStatus.PROCESSING:
+            return step[0] / step[1]
+        return record.progress
+
+    def _step(self, job_id: int) -> tuple[int, int] | None:
+        return self._steps.get(job_id)
+
+    def _publish_records(self, records: Iterable[JobRecord]) -> None:
+        records = list(records)
+        for record in records:
+            if record.status is not JobStatus.PROCESSING:
+                self._steps.pop(record.id, None)
+            elif record.cancel_requested:
+                self._loop.call(self._stop_local, record.id, JobInterrupted("cancelled"))
+        self._bus.publish(self._view.apply(records, watch_positions=bool(self._bus)))
+
+    def _stop_local(self, job_id: int, reason: JobInterrupted) -> None:
+        for worker in self._workers:
+            worker.request_stop(job_id, reason)
+
+    def _on_step(self, job_ids: list[int], step: int, total: int) -> None:
+        """A generation step finished (on the loop thread)."""
+        events = []
+        for job_id in job_ids:
+            if job_id not in self._steps and step > 1 and not any(job_id in w.runs for w in self._workers):
+                continue
+            self._steps[job_id] = (step, total)
+            job = self._view._handles.get(job_id)
+            events.append(
+                JobEvent(
+                    kind=EventKind.PROGRESS,
+                    job_id=job_id,
+                    status=JobStatus.PROCESSING,
+                    position=None,
+                    progress=step / total,
+                    error=job.error if job is not None else None,
+                    step=step,
+                    total_steps=total,
+                )
+            )
+        self._bus.publish(events)
+
+    def _load_images(self, paths: Iterable[str]) -> list[Image]:
+        return load_images(list(paths))
+
+    def _wait(self, job: Job, timeout: float | None) -> None:
+        if job._done.done():
+            return
+        if self._loop.on_loop_thread() and not self._loop.owns_thread:
+            # a notebook cell: keep the kernel's loop turning while we wait
+            import nest_asyncio
+
+            nest_asyncio.apply(self._loop.loop)
+            waiter = asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job._done)), timeout)
+            try:
+                self._loop.loop.run_until_complete(waiter)
+            except TimeoutError:
+                raise JobWaitTimeout(f"job {job.id} did not finish within {timeout} s; it goes on") from None
+            return
+        try:
+            job._done.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise JobWaitTimeout(f"job {job.id} did not finish within {timeout} s; it goes on") from None
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call in the database thread."""
+        if self._closed:
+            raise QueueClosed()
+        try:
+            future = self._db_executor.submit(fn, *args, **kwargs)
+        except RuntimeError:  # shut down by close()
+            raise QueueClosed() from None
+        return await asyncio.wrap_future(future)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._loop.call(self._wakeup.set)
+
+    async def _runnable(self) -> None:
+        """Return when workers may claim jobs."""
+        while self.paused:
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Sleep until woken by a local change or until the next look at the database."""
+        assert self._wakeup is not None
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), self.lease.poll)
+        except TimeoutError:
+            pass
+        self._wakeup.clear()
+        if self._closed:
+            raise QueueClosed()
+
+    async def _watch(self) -> None:
+        """Follow other processes' changes; promote due retries; recover stalled jobs."""
+        next_recovery = 0.0
+        try:
+            while True:
+                revision, records = await self._db(self.store.changes_since, self._view.revision)
+                if records:
+                    self._publish_records(records)
+                    if any(r.status is JobStatus.QUEUED for r in records):
+                        self._wake()
+                self._view.revision = max(self._view.revision, revision)
+                if self._started and not self._closed:
+                    now = time.time()
+                    promoted = await self._db(self.store.promote_due, now=now)
+                    if time.monotonic() >= next_recovery:
+                        next_recovery = time.monotonic() + self.lease.heartbeat
+                        promoted += await self._db(self.store.recover_stalled, now=now, policy=self.retry_policy)
+                    if promoted:
+                        self._publish_records(promoted)
+                        self._wake()
+                await asyncio.sleep(self.lease.poll)
+        except QueueClosed:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "paused" if self.paused else "running"
+        return f"<ImageQueue {self.store!r} {state}, {len(self._view.index)} queued, devices={self.devices}>"

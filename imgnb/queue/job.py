@@ -1,0 +1,143 @@
+"""``Job``: a live handle on one stored job.
+
+The queue replaces the handle's record whenever the job changes (in this process or, seen through
+the database, in another), so attributes are always current without a refresh. ``position`` and
+``progress`` are read from the queue at the moment they are asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Generator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ..core.ordering import Priority
+from ..core.records import JobRecord
+from ..core.states import JobStatus
+from ..errors import JobCancelled, JobFailed
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from .image_queue import ImageQueue
+
+__all__ = ["Job"]
+
+
+def _when(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, tz=UTC)
+
+
+class Job:
+    """One job of an ``ImageQueue``. Get it from ``submit``, ``submit_batch``, ``get`` or ``jobs``."""
+
+    def __init__(self, queue: ImageQueue, record: JobRecord) -> None:
+        self._queue = queue
+        self._record = record
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if record.status.is_final:
+            self._done.set_result(None)
+
+    def _update(self, record: JobRecord) -> None:
+        """Called by the queue with the job's newest record."""
+        self._record = record
+        if record.status.is_final and not self._done.done():
+            self._done.set_result(None)
+        elif not record.status.is_final and self._done.done():
+            self._done = concurrent.futures.Future()  # retried by hand: wait for the new run
+
+    @property
+    def record(self) -> JobRecord:
+        """The stored record behind this handle (a frozen snapshot)."""
+        return self._record
+
+    id = property(lambda self: self._record.id, doc="The job's id in its database.")
+    prompt = property(lambda self: self._record.prompt)
+    seed = property(lambda self: self._record.seed, doc="The seed it runs with (drawn at submit when not given).")
+    params = property(lambda self: dict(self._record.params), doc="Generation parameters given to submit.")
+    metadata = property(lambda self: self._record.metadata)
+    group = property(lambda self: self._record.group)
+    error = property(lambda self: self._record.error, doc="The last error message, or None.")
+    attempts = property(lambda self: self._record.attempts, doc="Runs started so far.")
+    max_retries = property(lambda self: self._record.max_retries)
+    timeout = property(lambda self: self._record.timeout)
+    batch = property(lambda self: self._record.batch, doc="The batched call it ran in, if any.")
+
+    @property
+    def status(self) -> JobStatus:
+        return self._record.status
+
+    @property
+    def priority(self) -> str:
+        return Priority(self._record.priority).label
+
+    @property
+    def position(self) -> int | None:
+        """1 = runs next, 2 = after that, ... over all queued jobs of the database; None when not queued."""
+        return self._queue._position(self._record.id)
+
+    @property
+    def progress(self) -> float:
+        """0.0 to 1.0: the share of generation steps done."""
+        return self._queue._progress(self._record)
+
+    @property
+    def step(self) -> tuple[int, int] | None:
+        """``(step, total)`` while it runs in this process, else None."""
+        return self._queue._step(self._record.id)
+
+    @property
+    def images(self) -> list[str]:
+        """Paths of the stored image files (empty until complete)."""
+        return list(self._record.images)
+
+    created_at = property(lambda self: _when(self._record.created_at), doc="UTC, timezone-aware.")
+    started_at = property(lambda self: _when(self._record.started_at), doc="Start of the last run.")
+    finished_at = property(lambda self: _when(self._record.finished_at))
+    updated_at = property(lambda self: _when(self._record.updated_at))
+    run_at = property(lambda self: _when(self._record.run_at), doc="When a pending job becomes eligible again.")
+
+    def done(self) -> bool:
+        return self._record.status.is_final
+
+    def cancel(self) -> None:
+        """Leave the queue at once if waiting; stop at the next step if running."""
+        self._queue.cancel(self._record.id)
+
+    def retry(self) -> None:
+        """Put a failed or cancelled job back in the queue (at the end of its priority)."""
+        self._queue.retry(self._record.id)
+
+    def result(self, timeout: float | None = None) -> list[Image]:
+        """Wait for the job and return its images; raises ``JobFailed`` or ``JobCancelled``.
+
+        Blocks in a script; in a notebook cell it keeps the kernel's loop running while it waits,
+        so other jobs, widgets and events go on. Raises ``JobWaitTimeout`` if ``timeout`` passes;
+        the job goes on running either way.
+        """
+        self._queue._wait(self, timeout)
+        return self._outcome()
+
+    def _outcome(self) -> list[Image]:
+        record = self._record
+        if record.status is JobStatus.CANCELLED:
+            raise JobCancelled(record.id)
+        if record.status is JobStatus.ERROR:
+            raise JobFailed(record.id, record.error)
+        return self._queue._load_images(record.images)
+
+    def __await__(self) -> Generator[Any, None, list[Image]]:
+        async def wait() -> list[Image]:
+            # shield: cancelling the awaiting cell must not cancel the job's completion future
+            await asyncio.shield(asyncio.wrap_future(self._done))
+            return self._outcome()
+
+        return wait().__await__()
+
+    def __repr__(self) -> str:
+        r = self._record
+        where = f", position={self.position}" if r.status is JobStatus.QUEUED else ""
+        extra = f", error={r.error!r}" if r.error and r.status is not JobStatus.COMPLETE else ""
+        return f"<Job {r.id} {r.status.value}{where}, progress={self.progress:.0%}, prompt={r.prompt[:40]!r}{extra}>"

@@ -1,0 +1,64 @@
+"""Which event loop the queue runs on, and how other threads reach it.
+
+In Jupyter the kernel's loop is already running in the thread that builds the queue: the worker
+runs there as a background task and widgets are touched only there. In a plain script there is no
+running loop, so the queue starts its own in a daemon thread. Either way ``call`` runs a function
+on that loop, at once when already on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["QueueLoop"]
+
+T = TypeVar("T")
+
+
+class QueueLoop:
+    def __init__(self) -> None:
+        try:
+            self.loop = asyncio.get_running_loop()
+            self._thread: threading.Thread | None = None
+        except RuntimeError:
+            self.loop = asyncio.new_event_loop()
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(ready,), name="imgnb-loop", daemon=True)
+            self._thread.start()
+            ready.wait()
+        self.thread_id = self._thread.ident if self._thread else threading.get_ident()
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    @property
+    def owns_thread(self) -> bool:
+        """True when the queue runs its own loop (a script), False on a borrowed one (a kernel)."""
+        return self._thread is not None
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self.thread_id
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop: now if we are on it, soon otherwise."""
+        if self.on_loop_thread():
+            fn(*args)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        """Stop an owned loop (a borrowed one belongs to the kernel and keeps running)."""
+        if self._thread is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self.loop.close()

@@ -1,0 +1,388 @@
+"""The queue end to end over a real SQLite file, with the fake generator from imgnb.testing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgnb import (
+    EventKind,
+    IllegalTransition,
+    ImageQueue,
+    InvalidJob,
+    JobCancelled,
+    JobEvent,
+    JobFailed,
+    JobNotFound,
+    JobStatus,
+    JobWaitTimeout,
+    NotADatabase,
+    RetryPolicy,
+    SchemaVersionError,
+)
+from imgnb.testing import FakeGenerator
+
+MakeQueue = Callable[..., ImageQueue]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_submit_runs_and_stores_reproducible_images(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator())
+    job = q.submit("a watercolor fox", steps=3, seed=7, metadata={"who": "me"})
+    images = job.result(timeout=10)
+    assert job.status is JobStatus.COMPLETE and job.progress == 1.0 and job.position is None
+    assert [im.size for im in images] == [(16, 16)]
+    assert len(job.images) == 1 and Path(job.images[0]).parent == Path(q.images_dir).resolve()
+    with Image.open(job.images[0]) as png:
+        assert png.text["prompt"] == "a watercolor fox" and png.text["seed"] == "7" and png.text["steps"] == "3"
+    assert job.created_at.tzinfo is UTC
+    assert job.created_at <= job.started_at <= job.finished_at <= job.updated_at
+    assert (job.attempts, job.seed, job.params, job.metadata) == (1, 7, {"steps": 3}, {"who": "me"})
+    again = q.submit("a watercolor fox", steps=3, seed=7).result(timeout=10)
+    assert again[0].tobytes() == images[0].tobytes()  # same seed and parameters, same pixels
+
+
+def test_priority_then_fifo(make_queue: MakeQueue, db_path: str) -> None:
+    gen = FakeGenerator()
+    q = make_queue(db_path, generator=gen, start=False)
+    jobs = [q.submit(f"job {i}", priority=p) for i, p in enumerate(["low", "normal", "high", "normal", "high", "low"])]
+    assert [j.position for j in jobs] == [5, 3, 1, 4, 2, 6]
+    assert [j.status for j in jobs] == [JobStatus.QUEUED] * 6
+    q.start()
+    for j in jobs:
+        j.result(timeout=10)
+    assert gen.calls == [jobs[i].id for i in (2, 4, 1, 3, 0, 5)]
+
+
+def test_batch_stays_together_in_order(make_queue: MakeQueue, db_path: str) -> None:
+    gen = FakeGenerator()
+    q = make_queue(db_path, generator=gen, start=False)
+    first = q.submit("first")
+    batch = q.submit_batch([{"prompt": f"b{i}", "seed": i} for i in range(3)], group="sweep-1")
+    last = q.submit("last")
+    urgent = q.submit("urgent", priority="high")
+    assert [j.position for j in (urgent, first, *batch, last)] == [1, 2, 3, 4, 5, 6]
+    assert [j.group for j in batch] == ["sweep-1"] * 3 and [j.seed for j in batch] == [0, 1, 2]
+    assert [j.id for j in q.jobs(group="sweep-1")] == [j.id for j in batch]
+    q.start()
+    last.result(timeout=10)
+    assert gen.calls == [j.id for j in (urgent, first, *batch, last)]
+
+
+def test_batch_is_all_or_nothing(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), start=False)
+    kept = q.submit("already stored", metadata={"keep": True})
+    items = [{"prompt": "ok"}, {"prompt": "ok too"}, {"prompt": "bad", "steps": 0}]
+    with pytest.raises(InvalidJob, match=r"batch item 2: steps=0 is invalid; allowed: an integer >= 1"):
+        q.submit_batch(items)
+    with pytest.raises(InvalidJob, match=r"batch item 1: priority='high' is invalid; allowed: set priority= once"):
+        q.submit_batch([{"prompt": "a"}, {"prompt": "b", "priority": "high"}])
+    with pytest.raises(InvalidJob, match=r"batch item 0: prompt=None is invalid; allowed: every item needs"):
+        q.submit_batch([{"seed": 1}])
+    with pytest.raises(InvalidJob, match=r"batch item 0: colour='red' is invalid; allowed: a known parameter"):
+        q.submit_batch([{"prompt": "a", "colour": "red"}])
+    assert [j.id for j in q.jobs()] == [kept.id]
+    assert q.get(kept.id).metadata == {"keep": True} and kept.position == 1
+
+
+def test_bad_input_names_the_field_and_stores_nothing(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), start=False)
+    with pytest.raises(InvalidJob, match=r"priority='urgent' is invalid; allowed: 'low', 'normal', 'high'"):
+        q.submit("x", priority="urgent")
+    with pytest.raises(InvalidJob, match=r"seed=-1"):
+        q.submit("x", seed=-1)
+    with pytest.raises(InvalidJob, match=r"status='done' is invalid; allowed: pending, queued, processing"):
+        q.jobs(status="done")
+    with pytest.raises(InvalidJob, match=r"batch_size=0"):
+        ImageQueue(db_path, batch_size=0)
+    assert q.jobs() == [] and q.counts()["queued"] == 0
+    with pytest.raises(JobNotFound, match="no job with id 42"):
+        q.get(42)
+
+
+def test_positions_move_up_and_events_say_so(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(step_time=0.02), start=False)
+    events: list[JobEvent] = []
+    q.subscribe(events.append)
+    jobs = [q.submit(f"p{i}") for i in range(3)]
+    assert [j.position for j in jobs] == [1, 2, 3]
+    q.start()
+    jobs[-1].result(timeout=10)
+    time.sleep(0.1)  # events are delivered on the queue's loop
+    third = [e.position for e in events if e.job_id == jobs[2].id and e.kind is EventKind.POSITION]
+    assert third == [2, 1]
+    statuses = [e.status for e in events if e.job_id == jobs[0].id and e.kind is EventKind.STATUS]
+    assert statuses == [JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.COMPLETE]
+    steps = [(e.step, e.total_steps) for e in events if e.job_id == jobs[0].id and e.kind is EventKind.PROGRESS]
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_unsubscribe_stops_events(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, start=False)
+    seen: list[JobEvent] = []
+    unsubscribe = q.subscribe(seen.append)
+    q.submit("one")
+    wait_until(lambda: len(seen) == 1)
+    unsubscribe()
+    q.submit("two")
+    time.sleep(0.1)
+    assert len(seen) == 1
+
+
+def test_a_failed_job_does_not_stop_the_queue(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator())
+    bad = q.submit("please fail", max_retries=0)
+    good = q.submit("fine")
+    good.result(timeout=10)
+    with pytest.raises(JobFailed, match=r"TransientError: asked to fail"):
+        bad.result(timeout=10)
+    assert bad.status is JobStatus.ERROR and bad.attempts == 1 and "TransientError" in (bad.error or "")
+
+
+def test_retries_back_off_exponentially(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), retry_policy=RetryPolicy(base_delay=0.2))
+    starts: list[float] = []
+    statuses: list[JobStatus] = []
+
+    def record(event: JobEvent) -> None:
+        if event.kind is EventKind.STATUS:
+            statuses.append(event.status)
+            if event.status is JobStatus.PROCESSING:
+                starts.append(time.monotonic())
+
+    q.subscribe(record)
+    job = q.submit("flaky", fail_times=2, max_retries=3)
+    job.result(timeout=10)
+    assert job.attempts == 3 and job.status is JobStatus.COMPLETE and job.error is None
+    time.sleep(0.05)
+    P, Q, R = JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING
+    assert statuses == [Q, R, P, Q, R, P, Q, R, JobStatus.COMPLETE]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # 1x then 2x the base delay
+
+
+def test_retries_run_out(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator())
+    job = q.submit("always fail", max_retries=2)
+    with pytest.raises(JobFailed):
+        job.result(timeout=10)
+    assert job.attempts == 3 and job.status is JobStatus.ERROR
+
+
+def test_pending_job_shows_its_retry_time(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), retry_policy=RetryPolicy(base_delay=30))
+    job = q.submit("flaky", fail_times=1)
+    wait_until(lambda: job.status is JobStatus.PENDING)
+    assert job.position is None and job.run_at is not None
+    assert 25 < (job.run_at - job.updated_at).total_seconds() <= 30.5
+    assert "retrying in 30 s" in (job.error or "")
+
+
+def test_timeout_stops_the_generator_and_frees_the_device(make_queue: MakeQueue, db_path: str) -> None:
+    gen = FakeGenerator(step_time=0.02, steps=500)
+    q = make_queue(db_path, generator=gen)
+    slow = q.submit("slow", timeout=0.3)
+    steps: list[int] = []
+    q.subscribe(lambda e: steps.append(e.step or 0) if e.job_id == slow.id and e.step else None)
+    after = q.submit("next", steps=1)
+    after.result(timeout=10)
+    with pytest.raises(JobFailed, match=r"timed out after 0.3 s"):
+        slow.result(timeout=1)
+    assert slow.attempts == 1  # timeouts are not retried
+    assert max(steps) < 100  # stopped long before its 500 steps
+    assert after.started_at is not None and slow.finished_at is not None
+    assert (after.started_at - slow.finished_at).total_seconds() < 0.5
+
+
+def test_timeout_without_on_step_is_reported_on_time(make_queue: MakeQueue, db_path: str) -> None:
+    gen = FakeGenerator(step_time=0.1, steps=10, ignore_steps=True)  # one second, never interruptible
+    q = make_queue(db_path, generator=gen)
+    stuck = q.submit("stuck", timeout=0.2)
+    after = q.submit("next", steps=1)
+    with pytest.raises(JobFailed, match="timed out"):
+        stuck.result(timeout=5)
+    assert stuck.started_at and stuck.finished_at
+    assert (stuck.finished_at - stuck.started_at).total_seconds() < 0.6  # marked on time
+    after.result(timeout=10)
+    # but the device stayed locked until the generator really returned
+    assert after.started_at and (after.started_at - stuck.started_at).total_seconds() >= 0.95
+
+
+def test_cancel_queued_and_running(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(step_time=0.02, steps=500))
+    running = q.submit("running")
+    waiting = q.submit("waiting")
+    third = q.submit("third", steps=1)
+    wait_until(lambda: running.status is JobStatus.PROCESSING and running.progress > 0)
+    assert (waiting.position, third.position) == (1, 2)
+    waiting.cancel()
+    assert waiting.status is JobStatus.CANCELLED and waiting.position is None and third.position == 1
+    running.cancel()
+    with pytest.raises(JobCancelled):
+        running.result(timeout=5)
+    assert running.progress < 0.5
+    third.result(timeout=5)
+    with pytest.raises(IllegalTransition, match="from 'complete' to 'cancelled'"):
+        third.cancel()
+    with pytest.raises(IllegalTransition, match="from 'complete' to 'queued'"):
+        third.retry()
+
+
+def test_manual_retry_goes_to_the_back(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), start=False)
+    failed = q.submit("a")
+    failed.cancel()
+    other = q.submit("b")
+    failed.retry()
+    assert (failed.status, failed.position, other.position) == (JobStatus.QUEUED, 2, 1)
+    q.start()
+    assert failed.result(timeout=10)
+
+
+def test_result_timeout_leaves_the_job_alone(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(step_time=0.05, steps=10))
+    job = q.submit("slow")
+    with pytest.raises(JobWaitTimeout, match="goes on"):
+        job.result(timeout=0.05)
+    assert job.result(timeout=10) and job.status is JobStatus.COMPLETE
+
+
+def test_metadata_deep_merge_survives_concurrent_threads(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, start=False)
+    job = q.submit("x", metadata={"a": {"keep": 1}, "tags": ["t"]})
+
+    def patch(worker: int) -> None:
+        for i in range(40):
+            q.update_metadata(job.id, {"a": {f"w{worker}_{i}": i}})
+
+    threads = [threading.Thread(target=patch, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    merged = q.get(job.id).metadata
+    assert merged["a"]["keep"] == 1 and merged["tags"] == ["t"]
+    assert len(merged["a"]) == 1 + 6 * 40
+    with pytest.raises(InvalidJob, match="patch="):
+        q.update_metadata(job.id, ["no"])  # type: ignore[arg-type]
+
+
+def test_restart_keeps_order_positions_and_resumes(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, start=False)
+    jobs = [q.submit(f"p{i}", priority=p, seed=i) for i, p in enumerate(["normal", "low", "high", "normal"])]
+    before = {j.id: j.position for j in jobs}
+    q.close()
+    gen = FakeGenerator()
+    reopened = make_queue(db_path, generator=gen, start=False)
+    assert {j.id: reopened.get(j.id).position for j in jobs} == before
+    assert [j.seed for j in reopened.jobs(status="queued")] == [2, 0, 3, 1]
+    reopened.start()
+    for j in jobs:
+        reopened.get(j.id).result(timeout=10)
+    assert gen.calls == [jobs[i].id for i in (2, 0, 3, 1)]
+
+
+def test_retry_schedule_survives_a_restart(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), retry_policy=RetryPolicy(base_delay=1.0))
+    job = q.submit("flaky", fail_times=1)
+    wait_until(lambda: job.status is JobStatus.PENDING)
+    run_at = job.run_at
+    q.close()
+    reopened = make_queue(db_path, generator=FakeGenerator())
+    again = reopened.get(job.id)
+    assert again.status is JobStatus.PENDING and again.run_at == run_at and again.attempts == 1
+    again.result(timeout=10)
+    assert again.started_at is not None and run_at is not None and again.started_at >= run_at
+
+
+def test_close_hands_a_running_job_back(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(step_time=0.02, steps=500))
+    running = q.submit("long")
+    other = q.submit("next")
+    wait_until(lambda: running.progress > 0)
+    q.close()
+    reopened = make_queue(db_path, start=False)
+    back = reopened.get(running.id)
+    assert (back.status, back.position, back.attempts) == (JobStatus.QUEUED, 1, 0)
+    assert reopened.get(other.id).position == 2
+
+
+def test_not_a_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("my precious notes\n" * 10)
+    with pytest.raises(NotADatabase, match="is not an SQLite database .* left untouched"):
+        ImageQueue(text)
+    assert text.read_text() == "my precious notes\n" * 10
+    with pytest.raises(NotADatabase, match="is a folder"):
+        ImageQueue(tmp_path)
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    with pytest.raises(NotADatabase, match="cannot be used as an imgnb database"):
+        ImageQueue(corrupt)
+    assert corrupt.read_bytes() == b"SQLite format 3\x00" + b"\xff" * 4000
+
+
+def test_newer_schema_is_refused(make_queue: MakeQueue, db_path: str) -> None:
+    make_queue(db_path, start=False).submit("kept").id  # noqa: B018
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE imgnb_meta SET schema_version = 99")
+    with pytest.raises(SchemaVersionError, match="schema version 99, newer than this imgnb"):
+        ImageQueue(db_path)
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT prompt FROM imgnb_job").fetchall() == [("kept",)]
+
+
+def test_client_queue_without_generator_only_stores(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path)
+    job = q.submit("for another process")
+    time.sleep(0.1)
+    assert job.status is JobStatus.QUEUED and q.devices == []
+
+
+async def test_inside_a_running_loop_like_a_kernel(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(step_time=0.01))
+    assert not q._loop.owns_thread  # the worker runs on this loop, as in a Jupyter kernel
+    jobs = [q.submit(f"p{i}") for i in range(3)]
+    images = await jobs[0]
+    assert images and jobs[0].status is JobStatus.COMPLETE
+    assert jobs[2].result(timeout=10)  # a blocking wait in a "cell" keeps the loop turning
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+
+    slow = q.submit("slow", steps=20)
+    while not slow.done():
+        await asyncio.sleep(0.01)
+        await tick()
+    assert ticks > 5  # the loop stayed responsive while the job ran in its thread
+
+
+async def test_cancelling_a_waiting_cell_keeps_the_job(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(step_time=0.02, steps=10))
+    job = q.submit("survives")
+    waiter = asyncio.ensure_future(_await(job))
+    await asyncio.sleep(0.05)
+    waiter.cancel()  # the user pressed Stop on the cell awaiting the job
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert await job and job.status is JobStatus.COMPLETE
+
+
+async def _await(job: object) -> object:
+    return await job  # type: ignore[misc]
