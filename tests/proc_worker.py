@@ -1,0 +1,47 @@
+"""A worker process for the multi-process tests: runs a queue on DB until killed or idle.
+
+Each run appends ``pid job_id start end`` to LOG, so the test can check that no two runs on one
+device overlapped and that no job ran twice unnoticed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from PIL import Image
+
+from imgnb import GenerationRequest, ImageQueue, LeasePolicy, RetryPolicy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("db")
+    parser.add_argument("log")
+    parser.add_argument("--step-time", type=float, default=0.01)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--exit-when-idle", action="store_true")
+    args = parser.parse_args()
+
+    def generator(request: GenerationRequest, on_step: object) -> list[Image.Image]:
+        start = time.time()
+        for step in range(1, args.steps + 1):
+            time.sleep(args.step_time)
+            on_step(step, args.steps)  # type: ignore[operator]
+        with open(args.log, "a") as log:
+            log.write(f"{os.getpid()} {request.job_id} {start} {time.time()}\n")
+        return [Image.new("RGB", (8, 8), (request.seed % 256, 0, 0))]
+
+    generator.device = "gpu0"  # type: ignore[attr-defined]  # every process shares this one "device"
+    lease = LeasePolicy(lease=1.0, heartbeat=0.2, poll=0.02)
+    with ImageQueue(args.db, generator=generator, lease=lease, retry_policy=RetryPolicy(base_delay=0.05)) as q:
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.2)
+            if args.exit_when_idle and not q.jobs(status="queued") and not q.jobs(status="processing"):
+                return
+
+
+if __name__ == "__main__":
+    main()
