@@ -34,11 +34,11 @@ def read_log(log: Path) -> list[tuple[int, int, float, float]]:
 
 
 @pytest.mark.slow
-def test_two_processes_never_run_two_jobs_on_one_device(make_queue: MakeQueue, db_path: str, tmp_path: Path) -> None:
-    client = make_queue(db_path)  # no generator: only submits and watches
+def test_two_processes_never_run_two_jobs_on_one_device(make_queue: MakeQueue, db_url: str, tmp_path: Path) -> None:
+    client = make_queue(db_url)  # no generator: only submits and watches
     jobs = client.submit_batch([{"prompt": f"p{i}", "seed": i} for i in range(12)])
     log = tmp_path / "runs.log"
-    workers = [spawn(db_path, str(log), "--step-time", "0.02", "--exit-when-idle") for _ in range(2)]
+    workers = [spawn(db_url, str(log), "--step-time", "0.02", "--exit-when-idle") for _ in range(2)]
     for proc in workers:
         assert proc.wait(timeout=60) == 0
         proc.stdout.close()  # type: ignore[union-attr]

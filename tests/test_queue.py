@@ -56,9 +56,9 @@ def test_submit_runs_and_stores_reproducible_images(make_queue: MakeQueue, db_pa
     assert again[0].tobytes() == images[0].tobytes()  # same seed and parameters, same pixels
 
 
-def test_priority_then_fifo(make_queue: MakeQueue, db_path: str) -> None:
+def test_priority_then_fifo(make_queue: MakeQueue, db_url: str) -> None:
     gen = FakeGenerator()
-    q = make_queue(db_path, generator=gen, start=False)
+    q = make_queue(db_url, generator=gen, start=False)
     jobs = [q.submit(f"job {i}", priority=p) for i, p in enumerate(["low", "normal", "high", "normal", "high", "low"])]
     assert [j.position for j in jobs] == [5, 3, 1, 4, 2, 6]
     assert [j.status for j in jobs] == [JobStatus.QUEUED] * 6
@@ -83,8 +83,8 @@ def test_batch_stays_together_in_order(make_queue: MakeQueue, db_path: str) -> N
     assert gen.calls == [j.id for j in (urgent, first, *batch, last)]
 
 
-def test_batch_is_all_or_nothing(make_queue: MakeQueue, db_path: str) -> None:
-    q = make_queue(db_path, generator=FakeGenerator(), start=False)
+def test_batch_is_all_or_nothing(make_queue: MakeQueue, db_url: str) -> None:
+    q = make_queue(db_url, generator=FakeGenerator(), start=False)
     kept = q.submit("already stored", metadata={"keep": True})
     items = [{"prompt": "ok"}, {"prompt": "ok too"}, {"prompt": "bad", "steps": 0}]
     with pytest.raises(InvalidJob, match=r"batch item 2: steps=0 is invalid; allowed: an integer >= 1"):
@@ -153,8 +153,8 @@ def test_a_failed_job_does_not_stop_the_queue(make_queue: MakeQueue, db_path: st
     assert bad.status is JobStatus.ERROR and bad.attempts == 1 and "TransientError" in (bad.error or "")
 
 
-def test_retries_back_off_exponentially(make_queue: MakeQueue, db_path: str) -> None:
-    q = make_queue(db_path, generator=FakeGenerator(), retry_policy=RetryPolicy(base_delay=0.2))
+def test_retries_back_off_exponentially(make_queue: MakeQueue, db_url: str) -> None:
+    q = make_queue(db_url, generator=FakeGenerator(), retry_policy=RetryPolicy(base_delay=0.2))
     starts: list[float] = []
     statuses: list[JobStatus] = []
 
@@ -222,8 +222,8 @@ def test_timeout_without_on_step_is_reported_on_time(make_queue: MakeQueue, db_p
     assert after.started_at and (after.started_at - stuck.started_at).total_seconds() >= 0.95
 
 
-def test_cancel_queued_and_running(make_queue: MakeQueue, db_path: str) -> None:
-    q = make_queue(db_path, generator=FakeGenerator(step_time=0.02, steps=500))
+def test_cancel_queued_and_running(make_queue: MakeQueue, db_url: str) -> None:
+    q = make_queue(db_url, generator=FakeGenerator(step_time=0.02, steps=500))
     running = q.submit("running")
     waiting = q.submit("waiting")
     third = q.submit("third", steps=1)
@@ -261,8 +261,8 @@ def test_result_timeout_leaves_the_job_alone(make_queue: MakeQueue, db_path: str
     assert job.result(timeout=10) and job.status is JobStatus.COMPLETE
 
 
-def test_metadata_deep_merge_survives_concurrent_threads(make_queue: MakeQueue, db_path: str) -> None:
-    q = make_queue(db_path, start=False)
+def test_metadata_deep_merge_survives_concurrent_threads(make_queue: MakeQueue, db_url: str) -> None:
+    q = make_queue(db_url, start=False)
     job = q.submit("x", metadata={"a": {"keep": 1}, "tags": ["t"]})
 
     def patch(worker: int) -> None:
@@ -281,13 +281,13 @@ def test_metadata_deep_merge_survives_concurrent_threads(make_queue: MakeQueue, 
         q.update_metadata(job.id, ["no"])  # type: ignore[arg-type]
 
 
-def test_restart_keeps_order_positions_and_resumes(make_queue: MakeQueue, db_path: str) -> None:
-    q = make_queue(db_path, start=False)
+def test_restart_keeps_order_positions_and_resumes(make_queue: MakeQueue, db_url: str) -> None:
+    q = make_queue(db_url, start=False)
     jobs = [q.submit(f"p{i}", priority=p, seed=i) for i, p in enumerate(["normal", "low", "high", "normal"])]
     before = {j.id: j.position for j in jobs}
     q.close()
     gen = FakeGenerator()
-    reopened = make_queue(db_path, generator=gen, start=False)
+    reopened = make_queue(db_url, generator=gen, start=False)
     assert {j.id: reopened.get(j.id).position for j in jobs} == before
     assert [j.seed for j in reopened.jobs(status="queued")] == [2, 0, 3, 1]
     reopened.start()
@@ -309,13 +309,13 @@ def test_retry_schedule_survives_a_restart(make_queue: MakeQueue, db_path: str) 
     assert again.started_at is not None and run_at is not None and again.started_at >= run_at
 
 
-def test_close_hands_a_running_job_back(make_queue: MakeQueue, db_path: str) -> None:
-    q = make_queue(db_path, generator=FakeGenerator(step_time=0.02, steps=500))
+def test_close_hands_a_running_job_back(make_queue: MakeQueue, db_url: str) -> None:
+    q = make_queue(db_url, generator=FakeGenerator(step_time=0.02, steps=500))
     running = q.submit("long")
     other = q.submit("next")
     wait_until(lambda: running.progress > 0)
     q.close()
-    reopened = make_queue(db_path, start=False)
+    reopened = make_queue(db_url, start=False)
     back = reopened.get(running.id)
     assert (back.status, back.position, back.attempts) == (JobStatus.QUEUED, 1, 0)
     assert reopened.get(other.id).position == 2
