@@ -3,7 +3,7 @@
 Fixtures that start outside services live in ``tests/fixtures/`` and are loaded as plugins here:
 
 - ``tests.fixtures.postgres``: ``postgres_server``, ``postgres_url``, ``pg_db_url``
-- ``tests.fixtures.jupyterlab``: ``jupyterlab_server``, ``lab_browser``, ``lab``
+- ``tests.fixtures.jupyterlab``: ``jupyterlab_server``, ``chromium_executable``, ``lab_browser``, ``lab``
 - ``tests.fixtures.queues``: ``db_url`` (SQLite and PostgreSQL), ``db_path``, ``make_queue``, ``store``
 
 Add fixtures of your own below the plugin list, or in a module of their own under ``tests/fixtures/``.

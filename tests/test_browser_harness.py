@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import nbformat
 import pytest
 from playwright.sync_api import expect
 
-from tests.fixtures.jupyterlab import LabPage, LabServer, write_notebook
-
-pytestmark = pytest.mark.browser
+from tests.fixtures.jupyterlab import LabPage, write_notebook
 
 
-def test_widget_and_output_render_and_kernel_restarts(lab: LabPage, jupyterlab_server: LabServer) -> None:
+@pytest.mark.browser
+def test_widget_and_output_render_and_kernel_restarts(lab: LabPage) -> None:
     write_notebook(
-        jupyterlab_server.root_dir / "harness.ipynb",
+        lab.server.root_dir / "harness.ipynb",
         [
             "import ipywidgets as w; w.IntProgress(value=30, max=100)",
             "import sys; print('harness says hello from', sys.executable)",
@@ -36,7 +36,7 @@ def test_widget_and_output_render_and_kernel_restarts(lab: LabPage, jupyterlab_s
     lab.wait_for_text("harness says hello from")
     lab.screenshot("after-run-all")
     lab.save()
-    saved = nbformat.read(jupyterlab_server.root_dir / "harness.ipynb", as_version=4)
+    saved = nbformat.read(lab.server.root_dir / "harness.ipynb", as_version=4)
     assert "harness says hello from" in saved.cells[1].outputs[0]["text"]
 
     lab.restart_kernel()
@@ -45,3 +45,10 @@ def test_widget_and_output_render_and_kernel_restarts(lab: LabPage, jupyterlab_s
     lab.run_cell(1)
     lab.wait_for_text("harness says hello from")
     lab.screenshot("after-restart-and-reload")
+
+
+async def test_asyncio_tests_still_run_after_a_browser_test() -> None:
+    # Playwright's sync API marks its loop as running while it is alive; the `lab` fixtures stop it
+    # after each test, so pytest-asyncio can run its own loop here (this test runs after the one above).
+    await asyncio.sleep(0)
+    assert asyncio.get_running_loop().is_running()

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
 from PIL.Image import Image
 
 from imgnb.core.records import GenerationRequest
@@ -90,6 +91,17 @@ def test_on_step_is_called_once_per_step(gen: DiffusersGenerator, steps: int) ->
     assert calls == [(step, steps) for step in range(1, steps + 1)]
 
 
+# diffusers 0.42.1's Heun calls np.array(tensor, copy=False), which numpy 2.4 deprecates for torch tensors.
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_second_order_schedulers_count_every_model_pass() -> None:
+    pipe = tiny_pipeline()
+    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    calls: list[tuple[int, int]] = []
+    [image] = DiffusersGenerator(pipe)(request(steps=3), lambda step, total: calls.append((step, total)))
+    assert calls == [(step, 5) for step in range(1, 6)]  # Heun: 2 * steps - 1 timesteps, one callback each
+    assert image.info["scheduler"] == "HeunDiscreteScheduler"
+
+
 @pytest.mark.parametrize("stop", [JobInterrupted, JobTimedOut])
 def test_on_step_raising_stops_the_run_and_the_pipeline_stays_usable(
     gen: DiffusersGenerator, pipe: StableDiffusionPipeline, counter: Counter, fox: np.ndarray, stop: type[Exception]
@@ -122,7 +134,7 @@ def test_different_prompts_give_different_pixels(gen: DiffusersGenerator, fox: n
 
 
 def test_pixels_equal_a_bare_pipeline_call(gen: DiffusersGenerator, pipe: StableDiffusionPipeline) -> None:
-    params = {"guidance_scale": 5.0, "negative_prompt": "blurry"}
+    params: dict[str, Any] = {"guidance_scale": 5.0, "negative_prompt": "blurry"}
     ours = gen(request("a red fox", seed=7, **params), ignore)
     bare = pipe(
         "a red fox",
@@ -263,7 +275,12 @@ def test_out_of_memory_frees_memory_and_is_raised_again(
     real_collect = gc.collect
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
-    monkeypatch.setattr(gc, "collect", lambda *args: collected.append(True) or real_collect(*args))
+
+    def collect(*args: int) -> int:
+        collected.append(True)
+        return real_collect(*args)
+
+    monkeypatch.setattr(gc, "collect", collect)
 
     def on_step(step: int, total: int) -> None:
         # Pretend, from here on, that the pipeline computes on a CUDA device that just ran out.
@@ -280,7 +297,7 @@ def test_out_of_memory_frees_memory_and_is_raised_again(
 
 def test_device_must_agree_with_the_pipeline(pipe: StableDiffusionPipeline) -> None:
     assert DiffusersGenerator(pipe, device="cpu").device == "cpu"
-    with pytest.raises(ValueError, match="pipe.to"):
+    with pytest.raises(ValueError, match=r"pipe\.to"):
         DiffusersGenerator(pipe, device="cuda:0")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
 from imgnb.gen import TINY_MODEL_NAME, tiny_pipeline
 
@@ -70,9 +70,13 @@ def test_two_builds_hold_identical_weights(pipe: StableDiffusionPipeline) -> Non
 @pytest.mark.slow
 def test_another_process_builds_identical_weights(pipe: StableDiffusionPipeline) -> None:
     script = "\n".join(
-        ["from __future__ import annotations", "import hashlib", "from imgnb.gen import tiny_pipeline"]
-        + [inspect.getsource(weights_hash)]
-        + ["print(weights_hash(tiny_pipeline()))"]
+        [
+            "from __future__ import annotations",
+            "import hashlib",
+            "from imgnb.gen import tiny_pipeline",
+            inspect.getsource(weights_hash),
+            "print(weights_hash(tiny_pipeline()))",
+        ]
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == weights_hash(pipe)
@@ -106,7 +110,6 @@ def test_different_prompts_give_different_pixels(pipe: StableDiffusionPipeline) 
 def test_save_and_load_round_trip(pipe: StableDiffusionPipeline, tmp_path: Path, offline: None) -> None:
     pipe.save_pretrained(tmp_path)
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path, low_cpu_mem_usage=False)
-    loaded.set_progress_bar_config(disable=True)
     assert len(loaded.tokenizer) == len(pipe.tokenizer)
     for prompt in ("a cat", "a dog"):
         np.testing.assert_array_equal(run(loaded, prompt), run(pipe, prompt))

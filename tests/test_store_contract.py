@@ -153,3 +153,9 @@ def test_progress_is_visible_to_others(store: SQLStore) -> None:
     store.claim(owner="w", device="d", now=NOW, lease=10)
     store.set_progress(job.id, owner="w", progress=0.5, now=time.time())
     assert store.get(job.id).progress == 0.5
+
+
+def test_an_empty_claim_leaves_the_device_usable(store: SQLStore) -> None:
+    assert store.claim(owner="w", device="fresh", now=NOW, lease=10) == []  # rolled back: nothing queued
+    (job,) = store.add([spec()], batch_keys=[None], now=NOW)
+    assert [r.id for r in store.claim(owner="w", device="fresh", now=NOW, lease=10)] == [job.id]

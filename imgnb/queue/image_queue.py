@@ -39,6 +39,8 @@ from .worker import DeviceWorker
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from ..widgets import QueueBoard
+
 __all__ = ["ImageQueue"]
 
 T = TypeVar("T")
@@ -341,7 +343,10 @@ class ImageQueue:
     # -- internals used by Job, the workers and the widgets --------------------------------------
 
     def _handle(self, record: JobRecord) -> Job:
-        return self._view.handle(record, partial(Job, self))
+        job = self._view.handle(record, partial(Job, self))
+        if self._view.is_stale(job.record):  # a worker moved it on while we were reading it
+            job = self._view.handle(self.store.get(record.id), partial(Job, self))
+        return job
 
     def _position(self, job_id: int) -> int | None:
         return self._view.position(job_id)
@@ -465,6 +470,24 @@ class ImageQueue:
                 await asyncio.sleep(self.lease.poll)
         except QueueClosed:
             pass
+
+    # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------
+
+    def widget(self) -> QueueBoard:
+        """A live ``QueueBoard`` (ipywidgets) showing this queue."""
+        from ..widgets import QueueBoard
+
+        return QueueBoard(self)
+
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
+        from ..widgets.display import queue_bundle
+
+        return queue_bundle(self)
+
+    def _repr_html_(self) -> str:
+        from ..widgets.display import queue_html
+
+        return queue_html(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "paused" if self.paused else "running"

@@ -21,6 +21,7 @@ from ..errors import JobCancelled, JobFailed
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from ..widgets import JobCard
     from .image_queue import ImageQueue
 
 __all__ = ["Job"]
@@ -135,6 +136,24 @@ class Job:
             return self._outcome()
 
         return wait().__await__()
+
+    # -- display: imgnb.widgets (and ipywidgets) load only when a job is shown ---------------------
+
+    def widget(self) -> JobCard:
+        """A live ``JobCard`` (ipywidgets) showing this job."""
+        from ..widgets import JobCard
+
+        return JobCard(self)
+
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
+        from ..widgets.display import job_bundle
+
+        return job_bundle(self)
+
+    def _repr_html_(self) -> str:
+        from ..widgets.display import job_html
+
+        return job_html(self)
 
     def __repr__(self) -> str:
         r = self._record

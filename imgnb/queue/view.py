@@ -57,6 +57,12 @@ class QueueView:
                 job._update(record)
             return job
 
+    def is_stale(self, record: JobRecord) -> bool:
+        """True when a newer version of the job was applied than ``record`` (a handle made from a
+        record read just before a worker changed the job)."""
+        seen = self._seen.get(record.id)
+        return seen is not None and seen.revision > record.revision
+
     def apply(self, records: Iterable[JobRecord], *, watch_positions: bool) -> list[JobEvent]:
         """Take in newer records; return the events they amount to."""
         with self.lock:

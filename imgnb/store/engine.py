@@ -61,7 +61,10 @@ def make_engine(url: sa.URL) -> Engine:
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    # every use ends its transaction, so the pool need not roll back on return
+    engine = sa.create_engine(
+        url, connect_args={"timeout": 30, "check_same_thread": False}, pool_reset_on_return=None
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

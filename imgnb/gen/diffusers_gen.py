@@ -1,0 +1,344 @@
+"""The queue's adapter for any diffusers text-to-image pipeline (SD 1.x/2.x, SDXL and kin).
+
+Parameters are not hard-coded per pipeline class: the pipeline's ``__call__`` signature says what
+it takes, so one adapter serves every pipeline whose ``__call__`` takes ``prompt``,
+``num_inference_steps``, ``generator`` and ``callback_on_step_end``. Users say ``steps`` for
+``num_inference_steps``; the parameters imgnb itself provides (``_OWNED``) are refused.
+
+Progress and stopping go through ``callback_on_step_end``: it calls ``on_step``, and when that
+raises ``JobInterrupted`` the exception leaves the pipeline's loop at once, before the next step and
+before the VAE decode (diffusers 0.42's own ``pipe._interrupt`` flag would still decode and return an
+image, which must not be stored as a result). The pipeline is reusable after such an exit.
+
+Seeds: every request gets its own ``torch.Generator`` seeded with the request's seed, on the
+pipeline's device when that is CUDA and on the CPU otherwise (diffusers' advice for CPU and MPS).
+The same seed on the same device and software gives the same pixels; a CUDA seed does not reproduce
+a CPU image. A request run inside a batch may differ from the same request run alone by 1/255 in a
+few pixels (batched matrix products round differently); re-run alone it reproduces exactly.
+
+Threads: the queue calls a generator from one worker thread per device. A diffusers pipeline holds
+per-call state on itself, so one pipeline must never run two calls at once: do not share a pipeline
+between two generators that may run concurrently.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import json
+import logging
+import math
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
+
+import torch
+
+from ..core.records import GenerationRequest
+from ..core.validation import invalid
+from ..errors import InvalidJob
+from .base import OnStep
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+    from PIL.Image import Image
+
+__all__ = ["DiffusersGenerator"]
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED = ("prompt", "num_inference_steps", "generator", "callback_on_step_end")
+
+_OWNED = frozenset(
+    {
+        "prompt",  # the job's prompt
+        "num_inference_steps",  # given as ``steps``
+        "generator",  # built from the job's seed
+        "latents",  # drawn from the job's seed
+        "callback_on_step_end",  # drives progress and cancellation
+        "callback_on_step_end_tensor_inputs",
+        "callback",  # deprecated callbacks: they would bypass cancellation
+        "callback_steps",
+        "output_type",  # the queue stores PIL images
+        "return_dict",
+        "ip_adapter_image",  # images and tensors cannot be stored as JSON job parameters
+    }
+)
+"""Pipeline arguments a job may not set; so are all ``*_embeds`` tensors."""
+
+_STEPS = "steps"
+
+Check = Callable[["DiffusersGenerator", str, Any], Any]
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_steps(gen: DiffusersGenerator, field: str, value: Any) -> int:
+    if not _is_int(value) or not 1 <= value <= gen.max_steps:
+        raise invalid(field, value, f"an integer from 1 to {gen.max_steps}")
+    return int(value)
+
+
+def _check_size(gen: DiffusersGenerator, field: str, value: Any) -> int:
+    if not _is_int(value) or value <= 0 or value % gen.size_multiple:
+        raise invalid(field, value, f"a positive multiple of {gen.size_multiple} (pixels)")
+    return int(value)
+
+
+def _check_non_negative(gen: DiffusersGenerator, field: str, value: Any) -> float:
+    if not _is_real(value) or value < 0:
+        raise invalid(field, value, "a finite number >= 0")
+    return float(value)
+
+
+def _check_count(gen: DiffusersGenerator, field: str, value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise invalid(field, value, "an integer >= 1")
+    return int(value)
+
+
+def _check_clip_skip(gen: DiffusersGenerator, field: str, value: Any) -> int:
+    if not _is_int(value) or value < 0:
+        raise invalid(field, value, "an integer >= 0 (text-encoder layers to skip)")
+    return int(value)
+
+
+def _check_text(gen: DiffusersGenerator, field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise invalid(field, value, "a string")
+    return value
+
+
+_CHECKS: dict[str, Check] = {
+    _STEPS: _check_steps,
+    "width": _check_size,
+    "height": _check_size,
+    "guidance_scale": _check_non_negative,
+    "guidance_rescale": _check_non_negative,
+    "eta": _check_non_negative,
+    "num_images_per_prompt": _check_count,
+    "clip_skip": _check_clip_skip,
+}
+"""Checks for the common parameters; others go to the pipeline as given (the core checks JSON)."""
+
+
+def _is_text(name: str) -> bool:
+    """Texts given per prompt (``negative_prompt``, SDXL's ``prompt_2``...): lists in a batched call."""
+    stem = name.removeprefix("negative_")
+    return name == "negative_prompt" or (stem.startswith("prompt_") and stem.removeprefix("prompt_").isdigit())
+
+
+class DiffusersGenerator:
+    """Runs queue jobs on a diffusers pipeline: ``DiffusersGenerator(pipe)``.
+
+    ``device`` names the device the pipeline runs on, for the queue's one-job-per-device lock; it
+    defaults to the pipeline's execution device. The pipeline is not moved: call ``pipe.to(...)``
+    (or enable offloading) first. ``name`` is the model recorded with each image; it defaults to
+    ``pipe.name_or_path``. The pipeline's progress bar is switched off: the queue reports progress.
+    """
+
+    def __init__(self, pipeline: DiffusionPipeline, *, device: str | None = None, name: str | None = None) -> None:
+        signature = inspect.signature(pipeline.__call__)
+        missing = [arg for arg in _REQUIRED if arg not in signature.parameters]
+        if missing:
+            raise TypeError(f"{type(pipeline).__name__}.__call__ lacks {', '.join(missing)}; imgnb needs {_REQUIRED}")
+        runs_on = self._execution_device(pipeline)
+        if device is not None and torch.device(device).type != runs_on.type:
+            raise ValueError(f"device={device!r} but the pipeline runs on {runs_on}; move it with pipe.to({device!r})")
+        self.pipeline = pipeline
+        self.device = device if device is not None else str(runs_on)
+        self.name: str = name or getattr(pipeline, "name_or_path", None) or type(pipeline).__name__
+        self._parameters = signature.parameters
+        self._accepted = frozenset(
+            arg
+            for arg, param in signature.parameters.items()
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+            and arg not in _OWNED
+            and not arg.endswith("_embeds")
+        ) | {_STEPS}
+        default_steps = signature.parameters["num_inference_steps"].default
+        self.default_steps: int = default_steps if _is_int(default_steps) else 50
+        scheduler_config = getattr(getattr(pipeline, "scheduler", None), "config", None)
+        self.max_steps: int = int(getattr(scheduler_config, "num_train_timesteps", None) or 1000)
+        # diffusers' pipelines refuse sizes that are not multiples of 8; latents shrink by
+        # vae_scale_factor and transformer pipelines (SD3) patchify them again by patch_size.
+        patch = getattr(pipeline, "patch_size", 1)
+        scale = int(getattr(pipeline, "vae_scale_factor", 8)) * (patch if _is_int(patch) else 1)
+        self.size_multiple: int = math.lcm(8, scale)
+        if hasattr(pipeline, "set_progress_bar_config"):
+            pipeline.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
+
+    def __repr__(self) -> str:
+        return f"DiffusersGenerator({type(self.pipeline).__name__}, name={self.name!r}, device={self.device!r})"
+
+    @property
+    def parameters(self) -> frozenset[str]:
+        """The parameter names a job may give."""
+        return self._accepted
+
+    # -- validation and batching ---------------------------------------------------------------
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a job's parameters; returns them under the user's names, numbers normalised.
+
+        ``None`` means "the pipeline's default" and is dropped.
+        """
+        checked: dict[str, Any] = {}
+        for field, value in params.items():
+            if field not in self._accepted:
+                raise self._unknown(field, value)
+            if value is None:
+                continue
+            if field in _CHECKS:
+                checked[field] = _CHECKS[field](self, field, value)
+            elif _is_text(field):
+                checked[field] = _check_text(self, field, value)
+            else:
+                checked[field] = value
+        return checked
+
+    def _unknown(self, field: str, value: object) -> InvalidJob:
+        names = ", ".join(sorted(self._accepted))
+        if field == "num_inference_steps":
+            return invalid(field, value, f"give it as {_STEPS}=...")
+        if field in _OWNED or field.endswith("_embeds"):
+            return invalid(field, value, f"not a job parameter (imgnb sets it); job parameters: {names}")
+        return invalid(field, value, f"a parameter {type(self.pipeline).__name__} takes: {names}")
+
+    def batch_key(self, request: GenerationRequest) -> str | None:
+        """Equal for requests whose parameters agree except for their prompts, texts and seeds."""
+        try:
+            params = self.validate_params(request.params)
+            return self._key(params)
+        except (InvalidJob, TypeError, ValueError):
+            return None  # it runs alone, and fails there with its own error
+
+    def _key(self, params: Mapping[str, Any]) -> str:
+        shared = {field: value for field, value in params.items() if not _is_text(field)}
+        texts = sorted(field for field in params if _is_text(field))
+        key = {"model": self.name, "params": shared, "texts": texts}
+        return json.dumps(key, sort_keys=True, allow_nan=False)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def __call__(self, request: GenerationRequest, on_step: OnStep) -> list[Image]:
+        params = self.validate_params(request.params)
+        texts = {field: value for field, value in params.items() if _is_text(field)}
+        # One prompt and one generator, exactly as a bare pipe(prompt, generator=...) call.
+        return self._run(request.prompt, texts, self._seeded(request.seed), params, on_step)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], on_step: OnStep) -> list[list[Image]]:
+        """One pipeline call for requests with the same ``batch_key``; their images, per request."""
+        if len(requests) <= 1:
+            return [self(request, on_step) for request in requests]
+        all_params = [self.validate_params(request.params) for request in requests]
+        if len({self._key(params) for params in all_params}) != 1:
+            raise ValueError("generate_batch needs requests with one batch_key; run the others apart")
+        params = all_params[0]
+        per_prompt = int(params.get("num_images_per_prompt", 1))
+        texts = {field: [p[field] for p in all_params] for field in params if _is_text(field)}
+        # One generator per image: a request's images are drawn from its own seed, one after another.
+        generators: list[torch.Generator] = []
+        for request in requests:
+            generators += [self._seeded(request.seed)] * per_prompt
+        prompts = [request.prompt for request in requests]
+        images = self._run(prompts, texts, generators, params, on_step)
+        return [images[i * per_prompt : (i + 1) * per_prompt] for i in range(len(requests))]
+
+    def _run(
+        self,
+        prompt: str | list[str],
+        texts: Mapping[str, str | list[str]],
+        generator: torch.Generator | list[torch.Generator],
+        params: Mapping[str, Any],
+        on_step: OnStep,
+    ) -> list[Image]:
+        steps = int(params.get(_STEPS, self.default_steps))
+
+        def on_step_end(pipe: Any, index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            # Second-order schedulers (Heun, DPM2) call back about twice per step: count timesteps.
+            total = getattr(pipe, "num_timesteps", None)
+            on_step(index + 1, total if _is_int(total) and total > index else steps)
+            return callback_kwargs  # the loop pops the latents from what it gets back
+
+        kwargs = self._pipeline_kwargs(params)
+        kwargs.update(texts)
+        # DiffusionPipeline declares no __call__; every pipeline class defines its own.
+        call = cast(Callable[..., Any], self.pipeline)
+        try:
+            output = call(
+                prompt=prompt,
+                generator=generator,
+                callback_on_step_end=on_step_end,
+                output_type="pil",
+                return_dict=True,
+                **kwargs,
+            )
+        except torch.cuda.OutOfMemoryError as exc:  # the same class as torch.OutOfMemoryError since torch 2.5
+            self._reset()
+            self._free_memory(exc)
+            raise  # the queue retries it, with the memory given back
+        except BaseException:
+            self._reset()
+            raise
+        images: list[Image] = list(output.images)
+        self._annotate(images, getattr(output, "nsfw_content_detected", None))
+        return images
+
+    def _pipeline_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        for field, value in params.items():
+            if _is_text(field):
+                continue
+            name = "num_inference_steps" if field == _STEPS else field
+            # JSON has no tuples; SDXL's size conditioning adds tuples together.
+            if isinstance(value, list) and "tuple" in str(self._parameters[name].annotation):
+                value = tuple(value)
+            kwargs[name] = value
+        return kwargs
+
+    def _annotate(self, images: list[Image], nsfw: object) -> None:
+        scheduler = type(getattr(self.pipeline, "scheduler", None)).__name__
+        flags = nsfw if isinstance(nsfw, list) and len(nsfw) == len(images) else [None] * len(images)
+        for image, flag in zip(images, flags, strict=True):
+            image.info["model"] = self.name
+            image.info["scheduler"] = scheduler
+            if flag is not None:  # a safety checker blacked the image out
+                image.info["nsfw_content_detected"] = str(bool(flag))
+
+    def _seeded(self, seed: int) -> torch.Generator:
+        runs_on = self._execution_device(self.pipeline)
+        device = runs_on if runs_on.type == "cuda" else torch.device("cpu")
+        return torch.Generator(device=device).manual_seed(seed)
+
+    @staticmethod
+    def _execution_device(pipeline: DiffusionPipeline) -> torch.device:
+        # Under model offloading ``pipe.device`` says "cpu"; the execution device is where it computes.
+        device = getattr(pipeline, "_execution_device", None) or getattr(pipeline, "device", None)
+        return torch.device(device if device is not None else "cpu")
+
+    def _reset(self) -> None:
+        """After a call that raised: offload models and reset hooks as a finished call would have."""
+        free_hooks = getattr(self.pipeline, "maybe_free_model_hooks", None)
+        if free_hooks is None:
+            return
+        try:
+            free_hooks()
+        except Exception:  # the job's own exception says what happened to it; keep that one
+            logger.exception("could not reset %s after a failed call", self)
+
+    def _free_memory(self, exc: BaseException) -> None:
+        # The traceback's frames hold the call's tensors; the cache can only be emptied once they go.
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
+        kind = self._execution_device(self.pipeline).type
+        if kind == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        elif kind == "mps" and torch.backends.mps.is_available():
+            torch.mps.empty_cache()

@@ -1,0 +1,12 @@
+"""Live widgets for the queue, made of stock ipywidgets: ``JobCard`` for one job, ``QueueBoard``
+for a whole queue. ``job.widget()`` and ``queue.widget()`` make them; a job or a queue left as the
+last expression of a cell shows them.
+
+Built on ``ImageQueue``'s events: each widget redraws on the queue's loop (the kernel's), at most
+ten times a second, sending only what changed.
+"""
+
+from .board import QueueBoard
+from .job import JobCard
+
+__all__ = ["JobCard", "QueueBoard"]

@@ -1,0 +1,100 @@
+"""What a ``Job`` or an ``ImageQueue`` shows as the last expression of a cell.
+
+In a kernel: the live widget, plus ``text/plain`` and ``text/html`` fallbacks for places that do
+not run widgets (nbviewer, GitHub, a notebook opened without its kernel). Elsewhere (a terminal
+IPython, a script): the fallbacks alone, so that printing a job starts no widget that would follow
+the queue for nothing. The fallbacks hold no clocks, times or paths: a finished job gives the same
+output every time, which nbval compares (it skips only the widget-view MIME type).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+from ..core.states import JobStatus
+from .format import QueuedRow, counts_html, job_text, job_view, queued_html
+from .live import queue_closed, queued_head
+from .thumbs import THUMBNAIL_SIZE, thumbnail_uri
+
+if TYPE_CHECKING:
+    from ..queue import ImageQueue, Job
+
+__all__ = ["job_bundle", "job_html", "job_plain", "queue_bundle", "queue_html", "queue_plain"]
+
+STATIC_QUEUED = 5  # queued jobs listed in the static HTML of a queue
+_BOX = "font-family:sans-serif;border:1px solid #ddd;padding:6px"
+
+
+def in_kernel() -> bool:
+    """True when a Jupyter kernel runs this code, so that a widget can reach a frontend."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def job_plain(job: Job) -> str:
+    return job_text(job.record, position=job.position, step=job.step)
+
+
+def job_html(job: Job) -> str:
+    """A small card: title, state, progress, escaped error, and the thumbnail when complete."""
+    v = job_view(job.record, position=job.position, step=job.step)  # no now=: no clocks
+    uri = thumbnail_uri(v.image) if v.image else None
+    image = (
+        f'<img src="{uri}" alt="job {job.id}" width="{THUMBNAIL_SIZE}" height="{THUMBNAIL_SIZE}" '
+        'style="object-fit:contain;margin-right:12px">'
+        if uri
+        else ""
+    )
+    lines = [v.title, v.state]
+    if job.status is JobStatus.PROCESSING:
+        lines.append(html.escape(v.bar_text))
+    if v.error:
+        lines.append(v.error)
+    text = "".join(f"<div>{line}</div>" for line in lines)
+    style = f"display:flex;align-items:flex-start;{_BOX};max-width:560px"
+    return f'<div class="imgnb-job" style="{style}">{image}<div>{text}</div></div>'
+
+
+def _state(queue: ImageQueue) -> str:
+    return "closed" if queue_closed(queue) else "paused" if queue.paused else "running"
+
+
+def queue_plain(queue: ImageQueue) -> str:
+    counts = queue.counts()
+    parts = [f"{n:,} {status}" for status, n in counts.items() if n]
+    return f"<ImageQueue {_state(queue)}: {', '.join(parts) or 'no jobs'}>"
+
+
+def queue_html(queue: ImageQueue) -> str:
+    """Counts per status and the head of the queue."""
+    head, queued = queued_head(queue, STATIC_QUEUED)
+    jobs = [queue.get(i) for i in head] if not queue_closed(queue) else []
+    rows = [QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority) for k, j in enumerate(jobs)]
+    return (
+        f'<div class="imgnb-queue" style="{_BOX};max-width:900px">'
+        f"<div><b>ImageQueue</b> · {_state(queue)} · {counts_html(queue.counts())}</div>"
+        f"{queued_html(rows, queued - len(rows))}</div>"
+    )
+
+
+def job_bundle(job: Job) -> dict[str, Any]:
+    bundle: dict[str, Any] = {}
+    if in_kernel():
+        from .job import JobCard
+
+        bundle.update(JobCard(job)._repr_mimebundle_() or {})
+    bundle.update({"text/plain": job_plain(job), "text/html": job_html(job)})
+    return bundle
+
+
+def queue_bundle(queue: ImageQueue) -> dict[str, Any]:
+    bundle: dict[str, Any] = {}
+    if in_kernel():
+        from .board import QueueBoard
+
+        bundle.update(QueueBoard(queue)._repr_mimebundle_() or {})
+    bundle.update({"text/plain": queue_plain(queue), "text/html": queue_html(queue)})
+    return bundle

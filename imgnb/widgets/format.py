@@ -1,0 +1,249 @@
+"""What the widgets say about a job or a queue, as plain functions of plain values. Pure: no I/O.
+
+``job_view`` turns a stored record (plus the live position and step) into every string and flag a
+``JobCard`` shows; the card only copies the fields that changed onto its widgets. The static HTML
+and text fallbacks use the same functions with ``now=None``, which leaves out every clock reading,
+so the output of a finished job is the same each time it is drawn (nbval compares it).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..core.records import JobRecord
+from ..core.states import JobStatus
+
+__all__ = [
+    "JobView",
+    "QueuedRow",
+    "StepClock",
+    "attempt_text",
+    "counts_html",
+    "duration",
+    "job_text",
+    "job_view",
+    "ordinal",
+    "queue_place",
+    "queued_html",
+    "short",
+]
+
+STATUS_COLOURS = {
+    JobStatus.QUEUED: "#616161",
+    JobStatus.PENDING: "#ef6c00",
+    JobStatus.PROCESSING: "#1565c0",
+    JobStatus.COMPLETE: "#2e7d32",
+    JobStatus.ERROR: "#c62828",
+    JobStatus.CANCELLED: "#8d6e63",
+}
+COUNT_ORDER = ("processing", "queued", "pending", "complete", "error", "cancelled")
+
+
+def ordinal(n: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 11 -> '11th', 21 -> '21st', 1001 -> '1,001st'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n:,}{suffix}"
+
+
+def queue_place(position: int) -> str:
+    return f"{ordinal(position)} in queue"
+
+
+def duration(seconds: float) -> str:
+    """Whole seconds, so that a clock shown while a job runs changes at most once a second."""
+    s = round(max(0.0, seconds))
+    if s < 1:
+        return "<1 s"
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def attempt_text(attempt: int, max_retries: int) -> str:
+    return f"attempt {attempt} of {max_retries + 1}"
+
+
+def short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class StepClock:
+    """Seconds per generation step, measured from the steps seen (monotonic times), for an ETA.
+
+    A step number lower than the last one seen means a new run started (a retry): it starts over.
+    """
+
+    def __init__(self) -> None:
+        self._first: tuple[int, float] | None = None
+        self._last: tuple[int, float] | None = None
+
+    def observe(self, step: int, at: float) -> None:
+        if self._last is not None and step < self._last[0]:
+            self._first = None
+        if self._first is None:
+            self._first = (step, at)
+        self._last = (step, at)
+
+    def seconds_per_step(self) -> float | None:
+        """The mean over the steps seen so far; None until two different steps were seen."""
+        if self._first is None or self._last is None or self._last[0] <= self._first[0]:
+            return None
+        return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobView:
+    """Everything a job card shows. HTML fields are escaped; ``image`` is a file path."""
+
+    title: str
+    state: str
+    timing: str  # clocks (elapsed, ETA, next retry); empty without ``now``
+    error: str
+    bar_value: int
+    bar_max: int
+    bar_text: str
+    bar_style: str  # '', 'info', 'success', 'warning' or 'danger'
+    can_cancel: bool
+    can_retry: bool
+    image: str | None
+
+
+def _badge(status: JobStatus) -> str:
+    return f'<b style="color:{STATUS_COLOURS[status]}">{status.value}</b>'
+
+
+def _state(record: JobRecord, position: int | None) -> str:
+    s, details = record.status, []
+    if s is JobStatus.QUEUED and position is not None:
+        details.append(queue_place(position))
+    elif s is JobStatus.PROCESSING:
+        if record.max_retries:
+            details.append(attempt_text(max(record.attempts, 1), record.max_retries))
+        if record.cancel_requested:
+            details.append("stopping (cancel asked)")
+    elif s is JobStatus.PENDING:
+        details.append(f"{attempt_text(record.attempts, record.max_retries)} failed")
+    elif s is JobStatus.COMPLETE and record.attempts > 1:
+        details.append(f"after {record.attempts} attempts")
+    elif s is JobStatus.ERROR and record.attempts:
+        details.append(f"after {record.attempts} attempt{'s' if record.attempts > 1 else ''}")
+    return " · ".join([_badge(s), *details])
+
+
+def _timing(record: JobRecord, step: tuple[int, int] | None, now: float | None, per_step: float | None) -> str:
+    if now is None:
+        return ""
+    s = record.status
+    if s is JobStatus.PROCESSING and record.started_at is not None:
+        parts = [f"elapsed {duration(now - record.started_at)}"]
+        if step is not None and step[0] >= 1:
+            mean = per_step if per_step is not None else (now - record.started_at) / step[0]
+            parts.append(f"about {duration(mean * (step[1] - step[0]))} left")
+        elif 0 < record.progress < 1:  # running in another process: only its stored share is known
+            elapsed = now - record.started_at
+            parts.append(f"about {duration(elapsed / record.progress * (1 - record.progress))} left")
+        return " · ".join(parts)
+    if s is JobStatus.PENDING:
+        at = datetime.fromtimestamp(record.run_at).strftime("%H:%M:%S")
+        wait = record.run_at - now
+        return f"next attempt at {at}, " + (f"in {duration(wait)}" if wait >= 0.5 else "due now")
+    if s.is_final and record.started_at is not None and record.finished_at is not None:
+        return f"took {duration(record.finished_at - record.started_at)}"
+    return ""
+
+
+def _bar(record: JobRecord, step: tuple[int, int] | None) -> tuple[int, int, str, str]:
+    s, share = record.status, record.progress
+    if s is JobStatus.PROCESSING:
+        if step is not None:
+            return step[0], step[1], f"step {step[0]}/{step[1]}", "info"
+        return round(share * 100), 100, f"{share:.0%}", "info"
+    if s is JobStatus.COMPLETE:
+        return 1, 1, "done", "success"
+    if s is JobStatus.ERROR:
+        return 1, 1, "failed", "danger"
+    if s is JobStatus.CANCELLED:
+        return round(share * 100), 100, "cancelled", "warning"
+    return 0, 1, "", ""
+
+
+def _error(record: JobRecord, notice: str | None) -> str:
+    lines = [f'<span style="color:#c62828">{html.escape(notice)}</span>'] if notice else []
+    if record.error and record.status in (JobStatus.ERROR, JobStatus.PENDING):
+        lines.append(f'<span style="color:#c62828">{html.escape(record.error)}</span>')
+    elif record.error and record.status is JobStatus.PROCESSING:
+        lines.append(f'<span style="color:#757575">last attempt: {html.escape(record.error)}</span>')
+    return "<br>".join(lines)
+
+
+def job_view(
+    record: JobRecord,
+    *,
+    position: int | None,
+    step: tuple[int, int] | None,
+    now: float | None = None,
+    seconds_per_step: float | None = None,
+    notice: str | None = None,
+) -> JobView:
+    """What to show for a job. ``now`` (epoch seconds) adds the clocks; ``notice`` is shown above
+    the job's own error (a button whose action failed says why there)."""
+    s = record.status
+    value, top, text, style = _bar(record, step)
+    return JobView(
+        title=f"<b>Job {record.id}</b> · {html.escape(short(record.prompt, 80))}",
+        state=_state(record, position),
+        timing=_timing(record, step, now, seconds_per_step),
+        error=_error(record, notice),
+        bar_value=value,
+        bar_max=top,
+        bar_text=text,
+        bar_style=style,
+        can_cancel=s in (JobStatus.QUEUED, JobStatus.PENDING)
+        or (s is JobStatus.PROCESSING and not record.cancel_requested),
+        can_retry=s in (JobStatus.ERROR, JobStatus.CANCELLED),
+        image=record.images[0] if s is JobStatus.COMPLETE and record.images else None,
+    )
+
+
+def job_text(record: JobRecord, *, position: int | None, step: tuple[int, int] | None) -> str:
+    """A one-line plain-text summary with no clocks in it: the same for a finished job every time."""
+    detail = ""
+    if record.status is JobStatus.QUEUED and position is not None:
+        detail = f", {queue_place(position)}"
+    elif record.status is JobStatus.PROCESSING:
+        detail = f", step {step[0]}/{step[1]}" if step else f", {record.progress:.0%}"
+    elif record.status is JobStatus.PENDING:
+        detail = f", {attempt_text(record.attempts, record.max_retries)} failed"
+    error = f"; {short(record.error, 80)}" if record.error and record.status is JobStatus.ERROR else ""
+    return f"<Job {record.id} {record.status.value}{detail}: {short(record.prompt, 40)!r}{error}>"
+
+
+def counts_html(counts: Mapping[str, int]) -> str:
+    return " · ".join(f"<b>{counts.get(name, 0):,}</b> {name}" for name in COUNT_ORDER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuedRow:
+    position: int
+    job_id: int
+    prompt: str
+    priority: str
+
+
+def queued_html(rows: Sequence[QueuedRow], more: int) -> str:
+    """The head of the queue as a small table, and how many jobs wait behind it."""
+    if not rows:
+        return '<i style="color:#757575">nothing queued</i>'
+    cells = "".join(
+        f"<tr><td style='text-align:right;padding-right:8px'>{ordinal(r.position)}</td>"
+        f"<td style='padding-right:8px'>#{r.job_id}</td><td>{html.escape(short(r.prompt))}</td>"
+        f"<td style='color:#757575;padding-left:8px'>{'' if r.priority == 'normal' else r.priority}</td></tr>"
+        for r in rows
+    )
+    tail = f"<div style='color:#757575'>+{more:,} more</div>" if more > 0 else ""
+    return f"<table style='border-collapse:collapse'>{cells}</table>{tail}"

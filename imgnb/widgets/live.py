@@ -1,0 +1,144 @@
+"""Keeping a widget in step with a queue: subscribe, coalesce, redraw on the queue's loop.
+
+Queue events come fast (one per generation step, a thousand position events when the head of a
+long queue moves), and every widget message costs the kernel and the browser. ``LiveUpdates``
+turns any number of events into at most one redraw per ``interval`` (0.1 s: ten per second),
+always on the queue's event loop, which in Jupyter is the kernel's: widgets are touched only there.
+
+This module is also the one place where the widgets reach past ``ImageQueue``'s public API (its
+loop, and the run order it already keeps): both are read here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..core.records import JobEvent
+
+if TYPE_CHECKING:
+    from ..queue import ImageQueue
+    from ..queue.loop import QueueLoop
+
+__all__ = ["LiveUpdates", "assign", "hold_all", "queue_closed", "queued_head"]
+
+log = logging.getLogger("imgnb")
+
+
+class LiveUpdates:
+    """Calls ``redraw()`` on the queue's loop at most once per ``interval`` seconds after ``mark()``.
+
+    ``wants(event)`` runs for every event of the queue and must be cheap: it says whether the
+    event may change what the widget shows. The first mark after a quiet spell redraws at once;
+    marks within ``interval`` of the last redraw wait for its end, so a burst costs one redraw.
+    """
+
+    def __init__(
+        self,
+        queue: ImageQueue,
+        *,
+        wants: Callable[[JobEvent], bool],
+        redraw: Callable[[], None],
+        interval: float,
+    ) -> None:
+        self._qloop: QueueLoop = queue._loop  # the kernel's loop in Jupyter, the queue's own thread elsewhere
+        self._wants = wants
+        self._redraw = redraw
+        self.interval = interval
+        self._due: asyncio.TimerHandle | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._last = float("-inf")
+        self._stopped = False
+        self.events = 0  # events this widget wanted (for tests and measurements)
+        self.redraws = 0
+        self._unsubscribe = queue.subscribe(self._on_event)
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self._qloop.loop
+
+    def _on_event(self, event: JobEvent) -> None:
+        if self._wants(event):
+            self.events += 1
+            self.mark()
+
+    def mark(self) -> None:
+        """Something changed: redraw soon (from any thread)."""
+        self._qloop.call(self._schedule)
+
+    def tick(self, seconds: float) -> None:
+        """Redraw again in ``seconds`` even without events (clocks), unless a tick is already set."""
+        self._qloop.call(self._set_tick, seconds)
+
+    def _set_tick(self, seconds: float) -> None:
+        if self._tick is None and not self._stopped and not self._loop.is_closed():
+            self._tick = self._loop.call_later(seconds, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._due is not None or self._stopped or self._loop.is_closed():
+            return
+        delay = max(0.0, self._last + self.interval - self._loop.time())
+        self._due = self._loop.call_later(delay, self._run)
+
+    def _run(self) -> None:
+        self._due = None
+        if self._stopped:
+            return
+        self._last = self._loop.time()
+        self.redraws += 1
+        try:
+            self._redraw()
+        except Exception:  # a broken redraw must not stop the next ones, nor the loop
+            log.exception("imgnb: widget redraw failed")
+
+    @property
+    def pending(self) -> bool:
+        """True while a redraw is scheduled."""
+        return self._due is not None
+
+    def stop(self) -> None:
+        """Unsubscribe and drop any scheduled redraw (for ``close()``)."""
+        self._stopped = True
+        self._unsubscribe()
+        for handle in (self._due, self._tick):
+            if handle is not None:
+                self._qloop.call(handle.cancel)
+        self._due = self._tick = None
+
+
+def assign(widget: Any, **values: Any) -> None:
+    """Set only the traits whose value differs: an unchanged trait sends nothing."""
+    for name, value in values.items():
+        if getattr(widget, name) != value:
+            setattr(widget, name, value)
+
+
+@contextlib.contextmanager
+def hold_all(widgets: Iterable[Any]) -> Iterator[None]:
+    """``hold_sync()`` on several widgets: each sends at most one message for the whole burst."""
+    with contextlib.ExitStack() as stack:
+        for widget in widgets:
+            stack.enter_context(widget.hold_sync())
+        yield
+
+
+def queued_head(queue: ImageQueue, n: int) -> tuple[list[int], int]:
+    """The ids of the first ``n`` queued jobs in run order, and how many are queued in all.
+
+    Read from the run order the queue keeps in memory (a slice of a sorted list), not from the
+    database: a board redraws often and a queue may hold 100,000 jobs.
+    """
+    view = queue._view
+    with view.lock:
+        return view.index.head(n), len(view.index)
+
+
+def queue_closed(queue: ImageQueue) -> bool:
+    return bool(queue._closed)

@@ -1,0 +1,45 @@
+"""Small PNG thumbnails of stored images, for the widgets and the static HTML.
+
+Cached by path, modification time and size: a board redrawn ten times a second must not decode
+the same full-size image again each time.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from functools import lru_cache
+
+from PIL import Image
+
+__all__ = ["THUMBNAIL_SIZE", "thumbnail_png", "thumbnail_uri"]
+
+THUMBNAIL_SIZE = 128
+
+
+def thumbnail_png(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
+    """PNG bytes of the image at ``path``, shrunk to fit ``size`` x ``size``; None if unreadable."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    return _thumbnail(path, mtime, size)
+
+
+@lru_cache(maxsize=256)
+def _thumbnail(path: str, mtime: int, size: int) -> bytes | None:
+    try:
+        with Image.open(path) as im:
+            im.thumbnail((size, size))
+            out = io.BytesIO()
+            im.save(out, format="PNG")
+    except (OSError, ValueError):
+        return None
+    return out.getvalue()
+
+
+def thumbnail_uri(path: str, size: int = THUMBNAIL_SIZE) -> str | None:
+    """The thumbnail as a ``data:`` URI, for HTML that must stand alone (nbviewer, exports)."""
+    png = thumbnail_png(path, size)
+    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
