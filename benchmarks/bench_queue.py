@@ -52,8 +52,12 @@ def latency(q: ImageQueue, ids: list[int]) -> dict[str, float]:
     pos = timed(lambda: [j.position for j in jobs], 50)  # 200 positions per sample
     per_pos = [t / len(jobs) for t in pos]
     get = timed(lambda: q.get(rng.choice(ids)), 500)
-    return {"position p50": pct(per_pos, 50), "position p99": pct(per_pos, 99),
-            "get p50": pct(get, 50), "get p99": pct(get, 99)}
+    return {
+        "position p50": pct(per_pos, 50),
+        "position p99": pct(per_pos, 99),
+        "get p50": pct(get, 50),
+        "get p99": pct(get, 99),
+    }
 
 
 def rss_mib() -> float:

@@ -27,7 +27,7 @@ from .errors import (
 from .queue import ImageQueue, Job
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
 __all__ = [
     "DatabaseError",

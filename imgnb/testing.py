@@ -58,7 +58,7 @@ class FakeGenerator:
         with self._lock:
             self.calls.append(request.job_id)
             run = self._runs[request.job_id] = self._runs.get(request.job_id, 0) + 1
-        total = int(request.params.get("steps", self.steps))  # type: ignore[call-overload]
+        total = int(request.params.get("steps", self.steps))
         for step in range(1, total + 1):
             if self.step_time:
                 time.sleep(self.step_time)
@@ -66,7 +66,7 @@ class FakeGenerator:
                 on_step(step, total)
         if "fail" in request.prompt:
             raise TransientError(f"asked to fail by the prompt {request.prompt!r}")
-        if run <= int(request.params.get("fail_times", 0)):  # type: ignore[call-overload]
+        if run <= int(request.params.get("fail_times", 0)):
             raise TransientError(f"failing run {run} on purpose")
         colour = (request.seed % 251, (request.seed // 251) % 251, len(request.prompt) % 251)
         return [Image.new("RGB", (self.size, self.size), colour)]

@@ -35,7 +35,9 @@ def main() -> None:
 
     generator.device = "gpu0"  # type: ignore[attr-defined]  # every process shares this one "device"
     lease = LeasePolicy(lease=1.0, heartbeat=0.2, poll=0.02)
-    with ImageQueue(args.db, generator=generator, lease=lease, retry_policy=RetryPolicy(base_delay=0.05)) as q:
+    images = os.path.join(os.path.dirname(os.path.abspath(args.log)), "images")
+    retry = RetryPolicy(base_delay=0.05)
+    with ImageQueue(args.db, generator=generator, lease=lease, retry_policy=retry, images_dir=images) as q:
         print("ready", flush=True)
         while True:
             time.sleep(0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -30,7 +31,9 @@ def spawn(*args: str) -> subprocess.Popen[str]:
 def read_log(log: Path) -> list[tuple[int, int, float, float]]:
     if not log.exists():
         return []
-    return [(int(p), int(j), float(s), float(e)) for p, j, s, e in (line.split() for line in log.read_text().splitlines())]
+    return [
+        (int(p), int(j), float(s), float(e)) for p, j, s, e in (line.split() for line in log.read_text().splitlines())
+    ]
 
 
 @pytest.mark.slow
@@ -45,7 +48,7 @@ def test_two_processes_never_run_two_jobs_on_one_device(make_queue: MakeQueue, d
     runs = read_log(log)
     assert sorted(j for _, j, _, _ in runs) == sorted(j.id for j in jobs)  # each ran exactly once
     spans = sorted((s, e) for _, _, s, e in runs)
-    assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:], strict=False))
+    assert all(prev_end <= start for (_, prev_end), (start, _) in itertools.pairwise(spans))
     time.sleep(0.1)
     assert all(j.status is JobStatus.COMPLETE for j in jobs)  # seen by the client through the database
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -171,7 +172,7 @@ def test_retries_back_off_exponentially(make_queue: MakeQueue, db_url: str) -> N
     time.sleep(0.05)
     P, Q, R = JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING
     assert statuses == [Q, R, P, Q, R, P, Q, R, JobStatus.COMPLETE]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # 1x then 2x the base delay
 
 
@@ -324,7 +325,7 @@ def test_close_hands_a_running_job_back(make_queue: MakeQueue, db_url: str) -> N
 def test_not_a_database_is_refused_and_left_alone(tmp_path: Path) -> None:
     text = tmp_path / "notes.db"
     text.write_text("my precious notes\n" * 10)
-    with pytest.raises(NotADatabase, match="is not an SQLite database .* left untouched"):
+    with pytest.raises(NotADatabase, match=r"is not an SQLite database .* left untouched"):
         ImageQueue(text)
     assert text.read_text() == "my precious notes\n" * 10
     with pytest.raises(NotADatabase, match="is a folder"):

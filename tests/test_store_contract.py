@@ -41,7 +41,7 @@ def test_add_is_ordered_and_round_trips(store: SQLStore) -> None:
     revision, keys = store.queued_snapshot()
     assert [job_id for job_id, _ in sorted(keys, key=lambda k: k[1])] == [added[1].id, added[0].id, added[2].id]
     assert revision == store.revision()
-    assert [r.prompt for r in store.list(status=S.QUEUED)] == ["b", "a", "c"]
+    assert [r.prompt for r in store.list_jobs(status=S.QUEUED)] == ["b", "a", "c"]
     with pytest.raises(JobNotFound):
         store.get(9999)
 
@@ -122,7 +122,7 @@ def test_recover_stalled_requeues_then_gives_up(store: SQLStore) -> None:
 
 
 def test_abandon_hands_back_without_counting(store: SQLStore) -> None:
-    (job,) = store.add([spec()], batch_keys=[None], now=NOW)
+    (_job,) = store.add([spec()], batch_keys=[None], now=NOW)
     store.claim(owner="w", device="d", now=NOW, lease=10)
     (back,) = store.abandon(owner="w", now=NOW)
     assert (back.status, back.attempts) == (S.QUEUED, 0)
@@ -159,3 +159,10 @@ def test_an_empty_claim_leaves_the_device_usable(store: SQLStore) -> None:
     assert store.claim(owner="w", device="fresh", now=NOW, lease=10) == []  # rolled back: nothing queued
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
     assert [r.id for r in store.claim(owner="w", device="fresh", now=NOW, lease=10)] == [job.id]
+
+
+def test_counts_cover_every_status(store: SQLStore) -> None:
+    a, _ = store.add([spec("a"), spec("b")], batch_keys=[None, None], now=NOW)
+    store.cancel(a.id, now=NOW)
+    counts = store.counts()
+    assert counts[S.QUEUED] == 1 and counts[S.CANCELLED] == 1 and counts[S.COMPLETE] == 0 and len(counts) == 6

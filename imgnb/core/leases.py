@@ -21,7 +21,9 @@ class LeasePolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat < self.lease:
-            raise ValueError(f"LeasePolicy needs 0 < heartbeat < lease, got heartbeat={self.heartbeat}, lease={self.lease}")
+            raise ValueError(
+                f"LeasePolicy needs 0 < heartbeat < lease, got heartbeat={self.heartbeat}, lease={self.lease}"
+            )
         if self.poll <= 0:
             raise ValueError(f"LeasePolicy needs poll > 0, got {self.poll}")
 

@@ -7,7 +7,7 @@ timezone-aware datetimes at the edge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .ordering import OrderKey, order_key
@@ -79,7 +79,7 @@ class GenerationRequest:
     seed: int = 0
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     STATUS = "status"  # the job changed status (error, attempts and times may have changed with it)
     POSITION = "position"  # its place in the queue moved
     PROGRESS = "progress"  # a generation step finished

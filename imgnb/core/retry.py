@@ -8,12 +8,12 @@ capped at ``max_delay``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["FailureKind", "RetryDecision", "RetryPolicy", "get_retry_decision"]
 
 
-class FailureKind(str, Enum):
+class FailureKind(StrEnum):
     """Why a run did not complete; only some kinds are worth another try."""
 
     TRANSIENT = "transient"  # the generator raised: out of memory, a flaky device, a bug that may pass

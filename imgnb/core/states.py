@@ -17,14 +17,14 @@ A finished job (``error`` or ``cancelled``) may be put back in the queue by hand
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from ..errors import IllegalTransition
 
 __all__ = ["FINAL_STATUSES", "JobStatus", "allowed_sources", "check_transition"]
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     """Where a job stands. Values are the strings stored in the database."""
 
     PENDING = "pending"  # waiting out a retry delay; becomes queued at its run_at time

@@ -72,10 +72,7 @@ def validate_job(
     if group is not None and (not isinstance(group, str) or not group):
         raise invalid("group", group, "None or a non-empty string", item=item)
     if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not math.isfinite(timeout)
-        or timeout <= 0
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0
     ):
         raise invalid("timeout", timeout, "None (no limit) or seconds > 0", item=item)
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import socket
 import time
@@ -98,8 +99,13 @@ class ImageQueue:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store: Store = store or SQLStore(os.fspath(db))
         url = getattr(self.store, "url", None)
-        self.images_dir = Path(images_dir) if images_dir is not None else default_images_dir(
-            url.database if isinstance(url, sa.URL) else None, url.get_backend_name() if isinstance(url, sa.URL) else ""
+        self.images_dir = (
+            Path(images_dir)
+            if images_dir is not None
+            else default_images_dir(
+                url.database if isinstance(url, sa.URL) else None,
+                url.get_backend_name() if isinstance(url, sa.URL) else "",
+            )
         )
         self._check_params: ParamsValidator | None = next(
             (g.validate_params for g in generators.values() if hasattr(g, "validate_params")), None
@@ -285,7 +291,9 @@ class ImageQueue:
     def _key_of(self, spec: JobSpec) -> str | None:
         if not self._batching or self._batch_key is None:
             return None
-        key: str | None = self._batch_key(GenerationRequest(job_id=0, prompt=spec.prompt, params=spec.params, seed=spec.seed))
+        key: str | None = self._batch_key(
+            GenerationRequest(job_id=0, prompt=spec.prompt, params=spec.params, seed=spec.seed)
+        )
         return key
 
     # -- reading --------------------------------------------------------------------------------
@@ -303,16 +311,13 @@ class ImageQueue:
                 status = JobStatus(status)
             except ValueError:
                 raise invalid("status", status, ", ".join(s.value for s in JobStatus)) from None
-        records = self.store.list(status=status, group=group)
+        records = self.store.list_jobs(status=status, group=group)
         self._publish_records(records)
         return [self._handle(r) for r in records]
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each status."""
-        counts = dict.fromkeys((s.value for s in JobStatus), 0)
-        for record in self.store.list():
-            counts[record.status.value] += 1
-        return counts
+        return {s.value: n for s, n in self.store.counts().items()}
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` on the queue's loop for each change; returns ``unsubscribe``."""
@@ -439,10 +444,8 @@ class ImageQueue:
     async def _idle(self) -> None:
         """Sleep until woken by a local change or until the next look at the database."""
         assert self._wakeup is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self.lease.poll)
-        except TimeoutError:
-            pass
         self._wakeup.clear()
         if self._closed:
             raise QueueClosed()

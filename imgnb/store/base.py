@@ -32,8 +32,12 @@ class Store(ABC):
         """One job; raises ``JobNotFound``."""
 
     @abstractmethod
-    def list(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
+    def list_jobs(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
         """Jobs by status and/or group: queued ones in run order, others in submit order."""
+
+    @abstractmethod
+    def counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status (every status present, zeros included)."""
 
     @abstractmethod
     def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
@@ -49,9 +53,7 @@ class Store(ABC):
         """The current revision and the jobs changed after ``revision``."""
 
     @abstractmethod
-    def claim(
-        self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1
-    ) -> list[JobRecord]:
+    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
         """Take ``device``'s lock and the next queued job (plus up to ``batch_size - 1`` queued jobs
         sharing its batch key, first attempts only), marking them ``processing``. Empty when the
         device is held by a live owner or nothing is eligible; then nothing changes."""

@@ -49,7 +49,9 @@ def to_url(db: str | Path) -> sa.URL:
         with path.open("rb") as f:
             head = f.read(len(SQLITE_HEADER))
         if head != SQLITE_HEADER:
-            raise NotADatabase(f"{path} is not an SQLite database (its first bytes are {head[:16]!r}); it was left untouched")
+            raise NotADatabase(
+                f"{path} is not an SQLite database (its first bytes are {head[:16]!r}); it was left untouched"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     return sa.URL.create("sqlite+pysqlite", database=str(path.resolve()))
 
@@ -62,9 +64,7 @@ def make_engine(url: sa.URL) -> Engine:
 
 def _sqlite_engine(url: sa.URL) -> Engine:
     # every use ends its transaction, so the pool need not roll back on return
-    engine = sa.create_engine(
-        url, connect_args={"timeout": 30, "check_same_thread": False}, pool_reset_on_return=None
-    )
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_reset_on_return=None)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -75,7 +75,9 @@ _LOCK_DEVICE = (
     sa.update(device_lock)
     .where(
         device_lock.c.name == B("b_device"),
-        sa.or_(device_lock.c.owner.is_(None), device_lock.c.owner == B("b_owner"), device_lock.c.lease_until < B("b_now")),
+        sa.or_(
+            device_lock.c.owner.is_(None), device_lock.c.owner == B("b_owner"), device_lock.c.lease_until < B("b_now")
+        ),
     )
     .values(owner=B("b_owner"), lease_until=B("b_until"))
 )
@@ -147,7 +149,7 @@ def _record(row: sa.Row[Any]) -> JobRecord:
     return _record_of(row._mapping["id"], row._mapping)
 
 
-def _record_of(job_id: int, m: Mapping[str, Any]) -> JobRecord:
+def _record_of(job_id: int, m: Mapping[Any, Any]) -> JobRecord:
     return JobRecord(
         id=job_id,
         seq=m["seq"],
@@ -245,9 +247,7 @@ class SQLStore(Store):
 
     @staticmethod
     def _update_one(conn: sa.Connection, job_id: int, *where: Any, **values: Any) -> JobRecord | None:
-        row = conn.execute(
-            sa.update(job).where(job.c.id == job_id, *where).values(**values).returning(*job.c)
-        ).first()
+        row = conn.execute(sa.update(job).where(job.c.id == job_id, *where).values(**values).returning(*job.c)).first()
         return None if row is None else _record(row)
 
     # -- Store ----------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ class SQLStore(Store):
         with self._read() as conn:
             return self._one(conn, job_id)
 
-    def list(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
+    def list_jobs(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
         query = sa.select(job)
         if status is not None:
             query = query.where(job.c.status == JobStatus(status).value)
@@ -301,6 +301,12 @@ class SQLStore(Store):
             query = query.order_by(job.c.id)
         with self._read() as conn:
             return [_record(r) for r in conn.execute(query)]
+
+    def counts(self) -> dict[JobStatus, int]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(job.c.status, sa.func.count()).group_by(job.c.status)).all()
+        found = {JobStatus(status): n for status, n in rows}
+        return {s: found.get(s, 0) for s in JobStatus}
 
     def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
         with self._read() as conn:
@@ -453,7 +459,10 @@ class SQLStore(Store):
                 return []
         with self._write() as (conn, rev):
             rows = conn.execute(
-                sa.update(job).where(due).values(status=JobStatus.QUEUED.value, updated_at=now, revision=rev).returning(*job.c)
+                sa.update(job)
+                .where(due)
+                .values(status=JobStatus.QUEUED.value, updated_at=now, revision=rev)
+                .returning(*job.c)
             ).all()
             return [_record(r) for r in rows]
 
