@@ -28,9 +28,8 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     pipe = tiny_pipeline()
-    print(
-        f"loaded torch and built the tiny pipeline in {time.perf_counter() - started:.1f} s (random weights, no download)"
-    )
+    took = time.perf_counter() - started
+    print(f"loaded torch and built the tiny pipeline in {took:.1f} s (random weights, no download)")
 
     with ImageQueue(args.db, pipeline=pipe, start=False) as q:
         common = {"steps": args.steps, "width": 64, "height": 64, "guidance_scale": 7.5}
