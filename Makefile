@@ -60,8 +60,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# One torch thread per process: the tests run generation threads, worker processes and PostgreSQL
+# side by side on two cores, where torch's default thread pool makes each call 5-40x slower.
 pytest: venv system-deps
-	$(BIN)/pytest $(PYTEST_FLAGS) tests $(NBVAL_ARGS) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest $(PYTEST_FLAGS) tests $(NBVAL_ARGS) $(PYTEST_ARGS)
 
 # Make runs these in the order listed (no -j here): lint, types, then the tests; the first failure stops.
 test: venv system-deps lint typecheck pytest
