@@ -433,8 +433,10 @@ class ImageQueue:
         return await asyncio.wrap_future(future)
 
     def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._loop.call(self._wakeup.set)
+        """Wake idle workers; a no-op when none could use it (no workers, paused, already woken)."""
+        wakeup = self._wakeup
+        if wakeup is not None and self._workers and not self.paused and not wakeup.is_set():
+            self._loop.call(wakeup.set)
 
     async def _runnable(self) -> None:
         """Return when workers may claim jobs."""
@@ -477,10 +479,10 @@ class ImageQueue:
     # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------
 
     def widget(self) -> QueueBoard:
-        """A live ``QueueBoard`` (ipywidgets) showing this queue."""
-        from ..widgets import QueueBoard
+        """The live ``QueueBoard`` (ipywidgets) of this queue, made on first use."""
+        from ..widgets.display import queue_board
 
-        return QueueBoard(self)
+        return queue_board(self)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
         from ..widgets.display import queue_bundle

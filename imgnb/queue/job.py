@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Job"]
 
+_WAITERS = threading.Lock()  # guards the lazily made completion futures of all handles
+
 
 def _when(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, tz=UTC)
@@ -37,17 +40,27 @@ class Job:
     def __init__(self, queue: ImageQueue, record: JobRecord) -> None:
         self._queue = queue
         self._record = record
-        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        if record.status.is_final:
-            self._done.set_result(None)
+        self._waiter: concurrent.futures.Future[None] | None = None  # made when someone waits
 
     def _update(self, record: JobRecord) -> None:
         """Called by the queue with the job's newest record."""
-        self._record = record
-        if record.status.is_final and not self._done.done():
-            self._done.set_result(None)
-        elif not record.status.is_final and self._done.done():
-            self._done = concurrent.futures.Future()  # retried by hand: wait for the new run
+        with _WAITERS:
+            self._record = record
+            waiter = self._waiter
+            if waiter is not None and record.status.is_final and not waiter.done():
+                waiter.set_result(None)
+            elif waiter is not None and not record.status.is_final and waiter.done():
+                self._waiter = None  # retried by hand: wait for the new run
+
+    @property
+    def _done(self) -> concurrent.futures.Future[None]:
+        """Resolved when the job reaches a final status (thread-safe, any loop)."""
+        with _WAITERS:
+            if self._waiter is None:
+                self._waiter = concurrent.futures.Future()
+                if self._record.status.is_final:
+                    self._waiter.set_result(None)
+            return self._waiter
 
     @property
     def record(self) -> JobRecord:
@@ -140,10 +153,10 @@ class Job:
     # -- display: imgnb.widgets (and ipywidgets) load only when a job is shown ---------------------
 
     def widget(self) -> JobCard:
-        """A live ``JobCard`` (ipywidgets) showing this job."""
-        from ..widgets import JobCard
+        """The live ``JobCard`` (ipywidgets) of this job, made on first use."""
+        from ..widgets.display import job_card
 
-        return JobCard(self)
+        return job_card(self)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
         from ..widgets.display import job_bundle
