@@ -347,6 +347,16 @@ def test_newer_schema_is_refused(make_queue: MakeQueue, db_path: str) -> None:
         assert conn.execute("SELECT prompt FROM imgnb_job").fetchall() == [("kept",)]
 
 
+def test_unknown_older_schema_is_refused_untouched(make_queue: MakeQueue, db_path: str) -> None:
+    make_queue(db_path, start=False).submit("kept")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE imgnb_meta SET schema_version = 0")
+    with pytest.raises(SchemaVersionError, match="no upgrade from it to 1"):
+        ImageQueue(db_path)
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT schema_version FROM imgnb_meta").fetchall() == [(0,)]
+
+
 def test_client_queue_without_generator_only_stores(make_queue: MakeQueue, db_path: str) -> None:
     q = make_queue(db_path)
     job = q.submit("for another process")

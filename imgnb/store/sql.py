@@ -222,6 +222,11 @@ class SQLStore(Store):
                     f"({SCHEMA_VERSION}); upgrade imgnb to open it. The database was not changed."
                 )
             for step in range(version, SCHEMA_VERSION):
+                if step not in _MIGRATIONS:
+                    raise SchemaVersionError(
+                        f"{self!r} has schema version {version} and this imgnb has no upgrade from it "
+                        f"to {SCHEMA_VERSION}. The database was not changed."
+                    )
                 conn.exec_driver_sql(_MIGRATIONS[step])
             conn.execute(sa.update(meta).values(schema_version=SCHEMA_VERSION))
 
