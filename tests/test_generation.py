@@ -37,7 +37,9 @@ def bare(pipe: StableDiffusionPipeline, prompt: str, seed: int, **params: Any) -
     return np.asarray(image)
 
 
-def test_stored_pixels_equal_a_bare_pipeline_call(pipe: StableDiffusionPipeline, make_queue: MakeQueue, db_path: str) -> None:
+def test_stored_pixels_equal_a_bare_pipeline_call(
+    pipe: StableDiffusionPipeline, make_queue: MakeQueue, db_path: str
+) -> None:
     q = make_queue(db_path, pipeline=pipe)
     events: list[JobEvent] = []
     q.subscribe(events.append)
@@ -57,7 +59,9 @@ def test_stored_pixels_equal_a_bare_pipeline_call(pipe: StableDiffusionPipeline,
     assert steps == [1, 2, 3]  # one progress event per denoising step
 
 
-def test_seed_is_drawn_stored_and_reproduces(pipe: StableDiffusionPipeline, make_queue: MakeQueue, db_path: str) -> None:
+def test_seed_is_drawn_stored_and_reproduces(
+    pipe: StableDiffusionPipeline, make_queue: MakeQueue, db_path: str
+) -> None:
     q = make_queue(db_path, pipeline=pipe)
     first = q.submit("a red fox", **PARAMS)
     again = q.submit("a red fox", seed=first.seed, **PARAMS)
@@ -96,7 +100,7 @@ def test_cancel_and_timeout_stop_the_pipeline_mid_run(
     cancelled.cancel()
     with pytest.raises(JobCancelled):
         cancelled.result(timeout=30)
-    with pytest.raises(JobFailed, match="timed out after 0.5 s"):
+    with pytest.raises(JobFailed, match=r"timed out after 0\.5 s"):
         timed_out.result(timeout=30)
     assert after.result(timeout=60)
     assert max(steps[cancelled.id]) < 400 and max(steps[timed_out.id]) < 400

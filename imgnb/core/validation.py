@@ -81,7 +81,8 @@ def validate_job(
         metadata = {}
     if not isinstance(metadata, dict):
         raise invalid("metadata", metadata, "None or a dict", item=item)
-    _check_json("metadata", metadata, item=item)
+    if metadata:
+        _check_json("metadata", metadata, item=item)
     if seed is None:
         seed = draw_seed()
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -94,7 +95,8 @@ def validate_job(
             if item is None:
                 raise
             raise InvalidJob(f"batch item {item}: {exc}") from None
-    _check_json("params", checked, item=item)
+    if checked:
+        _check_json("params", checked, item=item)
     return JobSpec(
         prompt=prompt,
         params=checked,

@@ -372,7 +372,7 @@ class ImageQueue:
                 self._steps.pop(record.id, None)
             elif record.cancel_requested:
                 self._loop.call(self._stop_local, record.id, JobInterrupted("cancelled"))
-        self._bus.publish(self._view.apply(records, watch_positions=bool(self._bus)))
+        self._bus.publish(self._view.apply(records, emit=bool(self._bus)))
 
     def _stop_local(self, job_id: int, reason: JobInterrupted) -> None:
         for worker in self._workers:

@@ -63,10 +63,10 @@ class QueueView:
         seen = self._seen.get(record.id)
         return seen is not None and seen.revision > record.revision
 
-    def apply(self, records: Iterable[JobRecord], *, watch_positions: bool) -> list[JobEvent]:
-        """Take in newer records; return the events they amount to."""
+    def apply(self, records: Iterable[JobRecord], *, emit: bool) -> list[JobEvent]:
+        """Take in newer records; return the events they amount to (none unless ``emit``)."""
         with self.lock:
-            before = self._window() if watch_positions else {}
+            before = self._window() if emit else {}
             changed: list[tuple[JobRecord, EventKind]] = []
             for record in records:
                 seen = self._seen.get(record.id)
@@ -80,6 +80,8 @@ class QueueView:
                 job = self._handles.get(record.id)
                 if job is not None:
                     job._update(record)
+                if not emit:
+                    continue
                 if seen is None or seen.status is not record.status:
                     changed.append((record, EventKind.STATUS))
                 elif seen.progress != record.progress:
@@ -95,7 +97,7 @@ class QueueView:
                 )
                 for r, kind in changed
             ]
-            if watch_positions:
+            if emit:
                 reported = {r.id for r, _ in changed}
                 after = self._window()
                 for job_id, position in after.items():

@@ -70,7 +70,8 @@ _BUMP = sa.update(meta).values(revision=meta.c.revision + 1).returning(meta.c.re
 _TAKE_SEQ = sa.update(meta).values(next_seq=meta.c.next_seq + B("b_n")).returning(meta.c.next_seq)
 _REVISION = sa.select(meta.c.revision)
 _GET = sa.select(job).where(job.c.id == B("b_id"))
-_INSERT = sa.insert(job).returning(job.c.id, sort_by_parameter_order=True)
+_INSERT = sa.insert(job)
+_IDS_OF_REVISION = sa.select(job.c.id, job.c.seq).where(job.c.revision == B("b_rev"))
 _LOCK_DEVICE = (
     sa.update(device_lock)
     .where(
@@ -286,9 +287,12 @@ class SQLStore(Store):
                 }
                 for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True))
             ]
-            ids = conn.execute(_INSERT, rows).scalars().all()
-        # build the records from what was written rather than reading every row back
-        return [_record_of(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
+            # a plain executemany: RETURNING with ordered rows makes SQLAlchemy insert one row per
+            # statement. Only this transaction's rows carry its revision, so read their ids by it.
+            conn.execute(_INSERT, rows)
+            id_of_seq: dict[int, int] = {seq: job_id for job_id, seq in conn.execute(_IDS_OF_REVISION, _args(rev=rev))}
+        # build the records from what was written rather than reading every column back
+        return [_record_of(id_of_seq[row["seq"]], row) for row in rows]
 
     def get(self, job_id: int) -> JobRecord:
         with self._read() as conn:

@@ -21,8 +21,8 @@ from traitlets import Float, Int, TraitError, validate
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from ..errors import ImgnbError
-from .format import QueuedRow, StepClock, counts_html, job_view, queued_html, short
-from .live import LiveUpdates, assign, hold_all, queue_closed, queued_head
+from .format import QueuedRow, StepClock, block, counts_html, job_view, queued_html, short
+from .live import LiveUpdates, assign, close_tree, hold_all, queue_closed, queued_head
 from .thumbs import thumbnail_png
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class _RunningRow:
             seconds_per_step=clock.seconds_per_step() if clock else None,
         )
         timing = f"<br><span style='color:#757575'>{v.timing}</span>" if v.timing else ""
-        assign(self.label, value=f"#{job.id} {html.escape(short(job.prompt, 50))}{timing}")
+        assign(self.label, value=block(f"#{job.id} {html.escape(short(job.prompt, 50))}{timing}"))
         if v.bar_max >= self.bar.value:
             assign(self.bar, max=v.bar_max, value=v.bar_value)
         else:
@@ -85,7 +85,7 @@ class _Tile:
         text = f"#{record.id} {v.state}<br>{html.escape(short(record.prompt, 40))}"
         if record.error:
             text += f"<br><span style='color:#c62828'>{html.escape(short(record.error, 120))}</span>"
-        assign(self.caption, value=text)
+        assign(self.caption, value=block(text))
 
 
 class QueueBoard(w.VBox):  # type: ignore[misc]
@@ -222,7 +222,7 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
         recent_jobs = [self._handles[i] for i in recent if i in self._handles]
         self._grow(len(running_jobs), len(recent_jobs))
         with hold_all(self._synced()):
-            assign(self.header_html, value=f"<b>ImageQueue</b> · {state} · {counts_html(self._counts)}{notice}")
+            assign(self.header_html, value=block(f"<b>ImageQueue</b> · {state} · {counts_html(self._counts)}{notice}"))
             assign(self.pause_button, disabled=closed or q.paused)
             assign(self.resume_button, disabled=closed or not q.paused)
             for row, job in zip(self._rows, running_jobs, strict=False):
@@ -257,13 +257,13 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
         self._live.mark()
 
     def close(self) -> None:
-        """Stop following the queue and close the board's widgets."""
+        """Stop following the queue and close the board and every widget in it, shown or not."""
         live = getattr(self, "_live", None)
         if live is not None:
             live.stop()
-        for widget in [*getattr(self, "_fixed", []), *getattr(self, "_static", [])]:
-            widget.close()
         parts: list[_RunningRow | _Tile] = [*getattr(self, "_rows", []), *getattr(self, "_tiles", [])]
-        for widget in [x for part in parts for x in part.widgets]:
-            widget.close()
+        children, layout = self.children, self.layout
         super().close()
+        layout.close()
+        for widget in [*children, *(part.box for part in parts)]:
+            close_tree(widget)

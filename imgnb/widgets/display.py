@@ -1,15 +1,20 @@
 """What a ``Job`` or an ``ImageQueue`` shows as the last expression of a cell.
 
-In a kernel: the live widget, plus ``text/plain`` and ``text/html`` fallbacks for places that do
-not run widgets (nbviewer, GitHub, a notebook opened without its kernel). Elsewhere (a terminal
-IPython, a script): the fallbacks alone, so that printing a job starts no widget that would follow
-the queue for nothing. The fallbacks hold no clocks, times or paths: a finished job gives the same
-output every time, which nbval compares (it skips only the widget-view MIME type).
+Each job and queue has one live widget, made on first use (``job_card``, ``queue_board``) and
+shown again by every later display, so that running a cell again adds no widget that would go on
+following the queue unseen; a closed one is replaced.
+
+In a kernel the bundle holds that widget, plus ``text/plain`` and ``text/html`` fallbacks for
+places that do not run widgets (nbviewer, GitHub, a notebook opened without its kernel). Elsewhere
+(a terminal IPython, a script) it holds the fallbacks alone. The fallbacks hold no clocks, times or
+paths: a finished job gives the same output every time, which nbval compares (it skips only the
+widget-view MIME type).
 """
 
 from __future__ import annotations
 
 import html
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..core.states import JobStatus
@@ -19,8 +24,22 @@ from .thumbs import THUMBNAIL_SIZE, thumbnail_uri
 
 if TYPE_CHECKING:
     from ..queue import ImageQueue, Job
+    from .board import QueueBoard
+    from .job import JobCard
 
-__all__ = ["job_bundle", "job_html", "job_plain", "queue_bundle", "queue_html", "queue_plain"]
+__all__ = [
+    "job_bundle",
+    "job_card",
+    "job_html",
+    "job_plain",
+    "queue_board",
+    "queue_bundle",
+    "queue_html",
+    "queue_plain",
+]
+
+_cards: weakref.WeakKeyDictionary[Job, JobCard] = weakref.WeakKeyDictionary()
+_boards: weakref.WeakKeyDictionary[ImageQueue, QueueBoard] = weakref.WeakKeyDictionary()
 
 STATIC_QUEUED = 5  # queued jobs listed in the static HTML of a queue
 _BOX = "font-family:sans-serif;border:1px solid #ddd;padding:6px"
@@ -32,6 +51,26 @@ def in_kernel() -> bool:
 
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def job_card(job: Job) -> JobCard:
+    """The live card of ``job``: the one made before unless it was closed."""
+    from .job import JobCard
+
+    card = _cards.get(job)
+    if card is None or card.comm is None:
+        card = _cards[job] = JobCard(job)
+    return card
+
+
+def queue_board(queue: ImageQueue) -> QueueBoard:
+    """The live board of ``queue``: the one made before unless it was closed."""
+    from .board import QueueBoard
+
+    board = _boards.get(queue)
+    if board is None or board.comm is None:
+        board = _boards[queue] = QueueBoard(queue)
+    return board
 
 
 def job_plain(job: Job) -> str:
@@ -83,9 +122,7 @@ def queue_html(queue: ImageQueue) -> str:
 def job_bundle(job: Job) -> dict[str, Any]:
     bundle: dict[str, Any] = {}
     if in_kernel():
-        from .job import JobCard
-
-        bundle.update(JobCard(job)._repr_mimebundle_() or {})
+        bundle.update(job_card(job)._repr_mimebundle_() or {})
     bundle.update({"text/plain": job_plain(job), "text/html": job_html(job)})
     return bundle
 
@@ -93,8 +130,6 @@ def job_bundle(job: Job) -> dict[str, Any]:
 def queue_bundle(queue: ImageQueue) -> dict[str, Any]:
     bundle: dict[str, Any] = {}
     if in_kernel():
-        from .board import QueueBoard
-
-        bundle.update(QueueBoard(queue)._repr_mimebundle_() or {})
+        bundle.update(queue_board(queue)._repr_mimebundle_() or {})
     bundle.update({"text/plain": queue_plain(queue), "text/html": queue_html(queue)})
     return bundle

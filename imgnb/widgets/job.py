@@ -17,8 +17,8 @@ from traitlets import Float, Int, TraitError, observe, validate
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from ..errors import ImgnbError
-from .format import JobView, StepClock, job_view
-from .live import LiveUpdates, assign, hold_all
+from .format import JobView, StepClock, block, job_view
+from .live import LiveUpdates, assign, close_tree, hold_all
 from .thumbs import THUMBNAIL_SIZE, thumbnail_png
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class JobCard(w.VBox):  # type: ignore[misc]
             style={"description_width": "initial"},
             layout=w.Layout(width="100%"),
         )
-        self.error_html = w.HTML(view.error, layout=w.Layout(display=_shown(bool(view.error))))
+        self.error_html = w.HTML(block(view.error), layout=w.Layout(display=_shown(bool(view.error))))
         self.thumbnail = w.Image(
             format="png", layout=w.Layout(display="none", object_fit="contain", margin="0 8px 0 0")
         )
@@ -136,7 +136,7 @@ class JobCard(w.VBox):  # type: ignore[misc]
     def _status(view: JobView) -> str:
         if not view.timing:
             return view.state
-        return f"{view.state}<br><span style='color:#757575'>{view.timing}</span>"
+        return block(f"{view.state}<br><span style='color:#757575'>{view.timing}</span>")
 
     def refresh(self) -> None:
         """Redraw now from the job's current state (the card also does it by itself)."""
@@ -150,7 +150,7 @@ class JobCard(w.VBox):  # type: ignore[misc]
             else:
                 assign(bar, value=view.bar_value, max=view.bar_max)
             assign(bar, description=view.bar_text, bar_style=view.bar_style)
-            assign(self.error_html, value=view.error)
+            assign(self.error_html, value=block(view.error))
             assign(self.error_html.layout, display=_shown(bool(view.error)))
             assign(self.cancel_button, disabled=not view.can_cancel)
             assign(self.retry_button, disabled=not view.can_retry)
@@ -189,10 +189,12 @@ class JobCard(w.VBox):  # type: ignore[misc]
         self._live.mark()
 
     def close(self) -> None:
-        """Stop following the queue and close the card's widgets."""
+        """Stop following the queue and close the card and every widget in it."""
         live = getattr(self, "_live", None)
         if live is not None:
             live.stop()
-        for widget in [*getattr(self, "_synced", []), *getattr(self, "_containers", [])]:
-            widget.close()
+        children, layout = self.children, self.layout
         super().close()
+        layout.close()
+        for child in children:
+            close_tree(child)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..queue import ImageQueue
     from ..queue.loop import QueueLoop
 
-__all__ = ["LiveUpdates", "assign", "hold_all", "queue_closed", "queued_head"]
+__all__ = ["LiveUpdates", "assign", "close_tree", "hold_all", "queue_closed", "queued_head"]
 
 log = logging.getLogger("imgnb")
 
@@ -127,6 +127,16 @@ def hold_all(widgets: Iterable[Any]) -> Iterator[None]:
         for widget in widgets:
             stack.enter_context(widget.hold_sync())
         yield
+
+
+def close_tree(widget: Any) -> None:
+    """Close a widget, its children, and their layouts and styles (each one is a model too)."""
+    for child in getattr(widget, "children", ()):
+        close_tree(child)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if part is not None and hasattr(part, "close"):
+            part.close()
+    widget.close()
 
 
 def queued_head(queue: ImageQueue, n: int) -> tuple[list[int], int]:
