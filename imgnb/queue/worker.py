@@ -174,7 +174,7 @@ class DeviceWorker:
                     f"retrying in {decision.delay:g} s)",
                 )
             if kind is FailureKind.TRANSIENT:
-                log.warning("imgnb: job %s failed: %s", record.id, message, exc_info=error)
+                log.info("imgnb: job %s failed: %s", record.id, message, exc_info=error)
         try:
             stored = await q._db(q.store.finish, record.id, **finish)
         except QueueClosed:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
-from traitlets import Float, Int, TraitError, validate
+from traitlets import Float, Int, TraitError, observe, validate
 
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
@@ -109,6 +109,13 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
             raise TraitError(f"{name}={value!r} is invalid; allowed: 0 to {top}")
         return int(value)
 
+    @observe("interval", "max_queued", "max_recent")
+    def _settings_changed(self, change: dict[str, Any]) -> None:
+        live: LiveUpdates | None = getattr(self, "_live", None)  # None while the constructor runs
+        if live is not None:
+            live.interval = self.interval
+            live.mark()
+
     def __init__(self, queue: ImageQueue, **kwargs: Any) -> None:
         self._queue = queue
         self._status: dict[int, JobStatus] = {}
@@ -145,7 +152,6 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
             **kwargs,
         )
         self._live = LiveUpdates(queue, wants=self._wants, redraw=self.refresh, interval=self.interval)
-        self.observe(lambda change: setattr(self._live, "interval", change["new"]), "interval")
         self.refresh()
 
     @property
@@ -188,10 +194,12 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
         else:
             self._running.discard(job_id)
             self._clocks.pop(job_id, None)
-        if job_id in self._recent:
-            self._recent.remove(job_id)
-        if new.is_final:
+        if new.is_final and old is not new:  # just finished (not an old job read again): newest first
+            if job_id in self._recent:
+                self._recent.remove(job_id)
             self._recent.append(job_id)
+        elif not new.is_final and job_id in self._recent:  # retried by hand
+            self._recent.remove(job_id)
         return True
 
     def _job(self, job_id: int, closed: bool) -> Job | None:

@@ -9,6 +9,7 @@ redrawing at most ten times a second, and only the traits that changed are sent.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
@@ -174,13 +175,13 @@ class JobCard(w.VBox):  # type: ignore[misc]
                 for widget in [self, *self._containers, *self._synced]:
                     widget.send_state()
             if status is JobStatus.COMPLETE:
-                self._live.stop()  # nothing can happen to a complete job any more
+                self._live.unsubscribe()  # nothing can happen to a complete job any more
         else:
             self._final_sent = False
             if status in (JobStatus.PROCESSING, JobStatus.PENDING):
                 self._live.tick(1.0)  # elapsed time, ETA and the retry countdown move without events
 
-    def _act(self, action: Any) -> None:
+    def _act(self, action: Callable[[], object]) -> None:
         try:
             action()
             self._notice = None

@@ -103,6 +103,10 @@ class LiveUpdates:
         """True while a redraw is scheduled."""
         return self._due is not None
 
+    def unsubscribe(self) -> None:
+        """Follow the queue's events no more; ``mark()`` still redraws."""
+        self._unsubscribe()
+
     def stop(self) -> None:
         """Unsubscribe and drop any scheduled redraw (for ``close()``)."""
         self._stopped = True
