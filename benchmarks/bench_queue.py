@@ -8,11 +8,11 @@ time. Run: ``.venv/bin/python benchmarks/bench_queue.py [--jobs 100000]``.
 from __future__ import annotations
 
 import argparse
-import gc
 import random
-import resource
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,8 +60,28 @@ def latency(q: ImageQueue, ids: list[int]) -> dict[str, float]:
     }
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+REOPEN = """
+import sys, time
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+import imgnb
+before = rss()
+t = time.perf_counter()
+q = imgnb.ImageQueue(sys.argv[1], start=False)
+took = time.perf_counter() - t
+assert q.get(int(sys.argv[2])).position == int(sys.argv[3])
+print(took, before, rss())
+q.close()
+"""
+
+
+def reopen_in_fresh_process(db: Path, job_id: int, position: int) -> tuple[float, float, float]:
+    """Time and memory of opening the big queue in a new process, as after a kernel restart."""
+    out = subprocess.run(
+        [sys.executable, "-c", REOPEN, str(db), str(job_id), str(position)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    took, before, after = (float(x) for x in out[-3:])
+    return took, before, after
 
 
 def noop(request: GenerationRequest, on_step: object) -> list[Image.Image]:
@@ -104,14 +124,7 @@ def main() -> None:
     with sqlite3.connect(tmp / "big.db") as conn:
         (touched,) = conn.execute("SELECT COUNT(*) FROM imgnb_job WHERE revision = ?", (rev,)).fetchone()
 
-    gc.collect()
-    before = rss_mib()
-    t = time.perf_counter()
-    reopened = ImageQueue(tmp / "big.db", start=False)
-    reopen_s = time.perf_counter() - t
-    assert reopened.get(ids[-1]).position == len(ids) - 1  # one ahead of it was cancelled
-    rss_after = rss_mib()
-    reopened.close()
+    reopen_s, rss_before, rss_after = reopen_in_fresh_process(tmp / "big.db", ids[-1], len(ids) - 1)
 
     # overhead per job with a no-op generator, through the whole queue (claim, run, store, events)
     with ImageQueue(tmp / "noop.db", generator=noop, start=False) as nq:
@@ -131,8 +144,8 @@ def main() -> None:
     print(f"{'submit_batch (jobs/s)':34} {batch_rate:>12,.0f}")
     print(f"{'cancel at 100k (ms)':34} {cancel_ms:>12.2f}")
     print(f"{'rows written by that cancel':34} {touched:>12}")
-    print(f"{'reopen with 100k queued (s)':34} {reopen_s:>12.3f}")
-    print(f"{'peak RSS after reopen (MiB)':34} {rss_after:>12.0f}   (before reopen: {before:.0f})")
+    print(f"{'reopen with 100k queued (s)':34} {reopen_s:>12.3f}   (a new process, as after a restart)")
+    print(f"{'memory of that queue (MiB RSS)':34} {rss_after - rss_before:>12.0f}   ({rss_after:.0f} in all)")
     print(f"{'overhead per no-op job (ms)':34} {noop_ms:>12.2f}")
 
 
