@@ -1,0 +1,38 @@
+"""Opening databases: which SQLite builds carry the WAL-reset fix, and the settings we rely on."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from imgnb.store.engine import make_engine, sqlite_has_wal_reset_fix, to_url
+
+
+@pytest.mark.parametrize(
+    ("version", "fixed"),
+    [
+        ("3.40.1", False),  # what Python links on this machine
+        ("3.44.5", False),
+        ("3.44.6", True),  # back-ported fix on the 3.44 branch
+        ("3.45.0", False),  # later branches were affected again until their own fix
+        ("3.50.6", False),
+        ("3.50.7", True),
+        ("3.51.2", False),
+        ("3.51.3", True),
+        ("3.53.0", True),
+    ],
+)
+def test_wal_reset_fix_versions(version: str, fixed: bool) -> None:
+    assert sqlite_has_wal_reset_fix(version) is fixed
+
+
+def test_sqlite_settings(tmp_path: object) -> None:
+    engine = make_engine(to_url(f"{tmp_path}/deep/er/jobs.db"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == 0
+    engine.dispose()
+    assert to_url("postgresql+psycopg://u@h/db").get_backend_name() == "postgresql"
+    assert isinstance(to_url("x.db"), sa.URL)
