@@ -187,7 +187,7 @@ class ImageQueue:
             self._loop.call(worker.shutdown)
         self._db_executor.shutdown(wait=True)
         returned = self.store.abandon(owner=self.owner, now=time.time())
-        self._publish_records(returned)
+        self._publish_records(returned, written=True)
         if self._loop.owns_thread:
             self._loop.submit(self._cancel_tasks()).result(timeout=10)
             self._loop.stop()
@@ -284,7 +284,7 @@ class ImageQueue:
         self._check_open()
         keys = [self._key_of(spec) for spec in specs]
         records = self.store.add(specs, batch_keys=keys, now=time.time())
-        self._publish_records(records)
+        self._publish_records(records, written=True)
         self._wake()
         return [self._handle(r) for r in records]
 
@@ -329,19 +329,19 @@ class ImageQueue:
             raise invalid("patch", patch, "a dict to merge into the metadata")
         spec_check = validate_job("-", metadata=dict(patch), params={}, seed=0)
         record = self.store.update_metadata(job_id, spec_check.metadata)
-        self._publish_records([record])
+        self._publish_records([record], written=True)
         return self._handle(record)
 
     def cancel(self, job_id: int) -> None:
         """Cancel a job: at once if waiting, at its next step if running (here or elsewhere)."""
         record = self.store.cancel(job_id, now=time.time())
-        self._publish_records([record])
+        self._publish_records([record], written=True)
 
     def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in the queue, at the end of its priority."""
         self._check_open()
         record = self.store.requeue(job_id, now=time.time())
-        self._publish_records([record])
+        self._publish_records([record], written=True)
         self._wake()
         return self._handle(record)
 
@@ -365,8 +365,12 @@ class ImageQueue:
     def _step(self, job_id: int) -> tuple[int, int] | None:
         return self._steps.get(job_id)
 
-    def _publish_records(self, records: Iterable[JobRecord]) -> None:
+    def _publish_records(self, records: Iterable[JobRecord], *, written: bool = False) -> None:
+        """Apply records to the view and tell subscribers. ``written``: they are everything one
+        write of this process changed, so the view need not read them back from the database."""
         records = list(records)
+        if written:
+            self._view.caught_up(records)
         for record in records:
             if record.status is not JobStatus.PROCESSING:
                 self._steps.pop(record.id, None)
@@ -462,16 +466,18 @@ class ImageQueue:
                     self._publish_records(records)
                     if any(r.status is JobStatus.QUEUED for r in records):
                         self._wake()
-                self._view.revision = max(self._view.revision, revision)
+                self._view.caught_up_to(revision)
                 if self._started and not self._closed:
                     now = time.time()
                     promoted = await self._db(self.store.promote_due, now=now)
+                    recovered: list[JobRecord] = []
                     if time.monotonic() >= next_recovery:
                         next_recovery = time.monotonic() + self.lease.heartbeat
-                        promoted += await self._db(self.store.recover_stalled, now=now, policy=self.retry_policy)
-                    if promoted:
-                        self._publish_records(promoted)
-                        self._wake()
+                        recovered = await self._db(self.store.recover_stalled, now=now, policy=self.retry_policy)
+                    for changed in (promoted, recovered):
+                        if changed:
+                            self._publish_records(changed, written=True)
+                            self._wake()
                 await asyncio.sleep(self.lease.poll)
         except QueueClosed:
             pass

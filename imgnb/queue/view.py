@@ -57,6 +57,19 @@ class QueueView:
                 job._update(record)
             return job
 
+    def caught_up(self, written: list[JobRecord]) -> None:
+        """Records that one write of this process returned: when that write is the very next
+        revision, the view is current up to it without reading the rows back."""
+        with self.lock:
+            revisions = {r.revision for r in written}
+            if len(revisions) == 1 and (revision := revisions.pop()) == self.revision + 1:
+                self.revision = revision
+
+    def caught_up_to(self, revision: int) -> None:
+        """Every change up to ``revision`` has been applied (read from the database)."""
+        with self.lock:
+            self.revision = max(self.revision, revision)
+
     def is_stale(self, record: JobRecord) -> bool:
         """True when a newer version of the job was applied than ``record`` (a handle made from a
         record read just before a worker changed the job)."""

@@ -109,7 +109,7 @@ class DeviceWorker:
 
     async def _run(self, claimed: list[JobRecord]) -> None:
         q = self.queue
-        q._publish_records(claimed)
+        q._publish_records(claimed, written=True)
         runs = {r.id: _Run(r, deadline(r.started_at or time.time(), r.timeout)) for r in claimed}
         self.runs = runs
         loop = asyncio.get_running_loop()
@@ -182,7 +182,7 @@ class DeviceWorker:
         if stored is None:
             log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", record.id)
             return
-        q._publish_records([stored])
+        q._publish_records([stored], written=True)
 
     # -- the generation thread ------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
             cur.execute("PRAGMA busy_timeout = 30000")
             cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
+            cur.execute("PRAGMA cache_size = -65536")  # 64 MiB: a 100,000-job queue stays in memory
         finally:
             cur.close()
 
