@@ -18,10 +18,9 @@ VENV_STAMP := $(VENV)/.imgnb-installed
 LINT_PATHS := $(wildcard imgnb tests benchmarks)
 
 PYTEST_FLAGS := -p no:cacheprovider -q -ra --strict-markers --durations=10
-# Notebook checks, off for now. Once notebooks/ holds notebooks, set this to `notebooks --nbval-lax`
-# (or `notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg`): pytest then collects them
-# beside tests/.
-NBVAL_ARGS ?=
+# The notebooks run top to bottom under nbval beside tests/: lax, so only cells marked
+# `# NBVAL_CHECK_OUTPUT` are compared, after the sanitize file's regexes (machine, pid, clock).
+NBVAL_ARGS ?= notebooks --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 # Extra pytest arguments from the command line, e.g. `make test PYTEST_ARGS='-k postgres -x'`.
 PYTEST_ARGS ?=
 

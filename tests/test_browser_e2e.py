@@ -75,3 +75,24 @@ def test_positions_progress_errors_and_restart_in_jupyterlab(lab: LabPage) -> No
     lab.run_cell(6)
     expect(output(6)).to_contain_text("positions: [1, 2, 3]")
     lab.screenshot("5-after-restart")
+
+
+@pytest.mark.browser
+def test_run_all_goes_past_a_cell_that_waits_for_a_result(lab: LabPage) -> None:
+    """``job.result()`` in a cell runs the loop re-entrantly; every later cell must still run."""
+    write_notebook(
+        lab.server.root_dir / "run_all.ipynb",
+        [
+            "from imgnb import ImageQueue\nfrom imgnb.testing import FakeGenerator\n"
+            "q = ImageQueue('runs/run_all.db', generator=FakeGenerator(steps=10, step_time=0.05))\n"
+            "q.subscribe(lambda e: print('event', e.kind.value))",
+            "job = q.submit('a fox')\nprint('images:', len(job.result(timeout=60)))",
+            "other = q.submit('an owl')\nprint('again:', len(other.result(timeout=60)))",
+            "print('the last cell ran')",
+        ],
+    )
+    lab.open("run_all.ipynb")
+    lab.run_all()
+    lab.wait_for_text("the last cell ran", timeout=60)
+    lab.wait_for_text("again: 1", timeout=5)
+    lab.screenshot("run-all")

@@ -412,9 +412,9 @@ class ImageQueue:
             return
         if self._loop.on_loop_thread() and not self._loop.owns_thread:
             # a notebook cell: keep the kernel's loop turning while we wait
-            import nest_asyncio
+            import nest_asyncio2
 
-            nest_asyncio.apply(self._loop.loop)
+            nest_asyncio2.apply(self._loop.loop)
             waiter = asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job._done)), timeout)
             try:
                 self._loop.loop.run_until_complete(waiter)
