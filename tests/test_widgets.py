@@ -24,11 +24,12 @@ from ipywidgets.widgets.widget import _instances as live_widgets
 from PIL import Image
 
 from imgnb import ImageQueue, JobFailed, JobStatus
+from imgnb.core.describe import ordinal
 from imgnb.core.records import JobRecord
 from imgnb.testing import FakeGenerator
 from imgnb.widgets import JobCard, QueueBoard
 from imgnb.widgets import display as display_module
-from imgnb.widgets.format import StepClock, duration, job_view, ordinal
+from imgnb.widgets.format import StepClock, duration, job_view
 
 MakeQueue = Callable[..., ImageQueue]
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

@@ -14,6 +14,7 @@ from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..core.describe import job_text
 from ..core.ordering import Priority
 from ..core.records import JobRecord
 from ..core.states import JobStatus
@@ -169,7 +170,4 @@ class Job:
         return job_html(self)
 
     def __repr__(self) -> str:
-        r = self._record
-        where = f", position={self.position}" if r.status is JobStatus.QUEUED else ""
-        extra = f", error={r.error!r}" if r.error and r.status is not JobStatus.COMPLETE else ""
-        return f"<Job {r.id} {r.status.value}{where}, progress={self.progress:.0%}, prompt={r.prompt[:40]!r}{extra}>"
+        return job_text(self._record, position=self.position, step=self.step)

@@ -88,14 +88,7 @@ class DeviceWorker:
         try:
             while True:
                 await q._runnable()
-                claimed = await q._db(
-                    q.store.claim,
-                    owner=q.owner,
-                    device=self.lock_name,
-                    now=time.time(),
-                    lease=q.lease.lease,
-                    batch_size=self.batch_size,
-                )
+                claimed = await q._db(self._claim)
                 if claimed:
                     self._holding = True
                     await self._run(claimed)
@@ -106,6 +99,16 @@ class DeviceWorker:
                 await q._idle()
         except QueueClosed:
             pass
+
+    def _claim(self) -> list[JobRecord]:
+        """In the database thread. Paused is checked here, at the last moment, so that no job is
+        claimed once ``pause()`` has returned."""
+        q = self.queue
+        if q.paused:
+            return []
+        return q.store.claim(
+            owner=q.owner, device=self.lock_name, now=time.time(), lease=q.lease.lease, batch_size=self.batch_size
+        )
 
     async def _run(self, claimed: list[JobRecord]) -> None:
         q = self.queue

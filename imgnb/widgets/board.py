@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 from traitlets import Float, Int, TraitError, observe, validate
 
+from ..core.describe import short
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from ..errors import ImgnbError
-from .format import QueuedRow, StepClock, block, counts_html, job_view, queued_html, short
+from .format import QueuedRow, StepClock, block, counts_html, job_view, queued_html
 from .live import LiveUpdates, assign, close_tree, hold_all, queue_closed, queued_head
 from .thumbs import thumbnail_png
 

@@ -18,7 +18,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..core.states import JobStatus
-from .format import QueuedRow, counts_html, job_text, job_view, queued_html
+from .format import QueuedRow, counts_html, job_view, queued_html
 from .live import queue_closed, queued_head
 from .thumbs import THUMBNAIL_SIZE, thumbnail_uri
 
@@ -74,7 +74,7 @@ def queue_board(queue: ImageQueue) -> QueueBoard:
 
 
 def job_plain(job: Job) -> str:
-    return job_text(job.record, position=job.position, step=job.step)
+    return repr(job)
 
 
 def job_html(job: Job) -> str:

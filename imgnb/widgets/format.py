@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..core.describe import attempt_text, ordinal, queue_place, short
 from ..core.records import JobRecord
 from ..core.states import JobStatus
 
@@ -20,16 +21,11 @@ __all__ = [
     "JobView",
     "QueuedRow",
     "StepClock",
-    "attempt_text",
     "block",
     "counts_html",
     "duration",
-    "job_text",
     "job_view",
-    "ordinal",
-    "queue_place",
     "queued_html",
-    "short",
 ]
 
 STATUS_COLOURS = {
@@ -48,16 +44,6 @@ def block(markup: str) -> str:
     return f'<div style="line-height:1.4">{markup}</div>' if markup else ""
 
 
-def ordinal(n: int) -> str:
-    """1 -> '1st', 2 -> '2nd', 11 -> '11th', 21 -> '21st', 1001 -> '1,001st'."""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n:,}{suffix}"
-
-
-def queue_place(position: int) -> str:
-    return f"{ordinal(position)} in queue"
-
-
 def duration(seconds: float) -> str:
     """Whole seconds, so that a clock shown while a job runs changes at most once a second."""
     s = round(max(0.0, seconds))
@@ -68,14 +54,6 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-def attempt_text(attempt: int, max_retries: int) -> str:
-    return f"attempt {attempt} of {max_retries + 1}"
-
-
-def short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class StepClock:
@@ -214,19 +192,6 @@ def job_view(
         can_retry=s in (JobStatus.ERROR, JobStatus.CANCELLED),
         image=record.images[0] if s is JobStatus.COMPLETE and record.images else None,
     )
-
-
-def job_text(record: JobRecord, *, position: int | None, step: tuple[int, int] | None) -> str:
-    """A one-line plain-text summary with no clocks in it: the same for a finished job every time."""
-    detail = ""
-    if record.status is JobStatus.QUEUED and position is not None:
-        detail = f", {queue_place(position)}"
-    elif record.status is JobStatus.PROCESSING:
-        detail = f", step {step[0]}/{step[1]}" if step else f", {record.progress:.0%}"
-    elif record.status is JobStatus.PENDING:
-        detail = f", {attempt_text(record.attempts, record.max_retries)} failed"
-    error = f"; {short(record.error, 80)}" if record.error and record.status is JobStatus.ERROR else ""
-    return f"<Job {record.id} {record.status.value}{detail}: {short(record.prompt, 40)!r}{error}>"
 
 
 def counts_html(counts: Mapping[str, int]) -> str:
