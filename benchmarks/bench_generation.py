@@ -113,6 +113,7 @@ async def tick_lateness(pipe: Any, prompts: list[str], params: dict[str, Any], d
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--guidance", type=float, default=7.5)
@@ -128,19 +129,26 @@ def main() -> None:
     prompts = [f"a lighthouse, study {i}" for i in range(args.jobs)]
     tmp = Path(tempfile.mkdtemp())
     bare_loop(pipe, prompts[:2], params)  # warm up
-    bare = bare_loop(pipe, prompts, params)
-    single = queued(pipe, prompts, params, 1, tmp / "single.db")
-    batched = queued(pipe, prompts, params, args.jobs, tmp / "batched.db")
+    # Rounds interleave the three ways, so that a machine that speeds up or slows down during the
+    # run (a shared VM does) weighs on all of them alike; the medians are reported.
+    bares, singles, batcheds = [], [], []
+    for r in range(args.rounds):
+        bares.append(bare_loop(pipe, prompts, params))
+        singles.append(queued(pipe, prompts, params, 1, tmp / f"single{r}.db"))
+        batcheds.append(queued(pipe, prompts, params, args.jobs, tmp / f"batched{r}.db"))
+    overhead = statistics.median(b / s for b, s in zip(bares, singles, strict=True))
+    batching = statistics.median(s / b for s, b in zip(singles, batcheds, strict=True))
+    bare, single, batched = (statistics.median(x) for x in (bares, singles, batcheds))
     late = asyncio.run(tick_lateness(pipe, prompts, params, tmp / "ticks.db"))
     q = statistics.quantiles(late, n=100)
     print(
         f"imgnb generation benchmark: {label}; {args.jobs} jobs, {args.steps} steps, "
-        f"{args.size}x{args.size}, guidance {args.guidance}\n"
+        f"{args.size}x{args.size}, guidance {args.guidance}; medians of {args.rounds} interleaved rounds\n"
     )
     print(f"{'bare pipeline loop':32} {args.jobs / bare:8.2f} jobs/s")
-    print(f"{'ImageQueue, batching off':32} {args.jobs / single:8.2f} jobs/s   ratio vs bare {bare / single:5.3f}")
+    print(f"{'ImageQueue, batching off':32} {args.jobs / single:8.2f} jobs/s   ratio vs bare {overhead:5.3f}")
     name = f"ImageQueue, batch_size={args.jobs}"
-    print(f"{name:32} {args.jobs / batched:8.2f} jobs/s   ratio vs off  {single / batched:5.3f}")
+    print(f"{name:32} {args.jobs / batched:8.2f} jobs/s   ratio vs off  {batching:5.3f}")
     print(f"{'10 ms tick lateness (ms)':32} p50 {q[49]:.2f}  p99 {q[98]:.2f}  max {max(late):.2f}  ({len(late)} ticks)")
 
 
