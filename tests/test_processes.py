@@ -15,6 +15,7 @@ import pytest
 
 from imgnb import ImageQueue, JobStatus
 from imgnb.testing import FakeGenerator
+from tests.fixtures.queues import wait_until
 
 MakeQueue = Callable[..., ImageQueue]
 WORKER = [sys.executable, str(Path(__file__).with_name("proc_worker.py"))]
@@ -59,13 +60,13 @@ def test_sigkill_mid_job_is_recovered_at_its_old_place(make_queue: MakeQueue, db
     victim = client.submit("long one", seed=1)
     log = tmp_path / "runs.log"
     proc = spawn(db_path, str(log), "--step-time", "0.2", "--steps", "100")
-    wait_for(lambda: victim.status is JobStatus.PROCESSING)
+    wait_until(lambda: victim.status is JobStatus.PROCESSING)
     later = [client.submit(f"later {i}", seed=i) for i in range(3)]
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     proc.stdout.close()  # type: ignore[union-attr]
     killed_at = time.monotonic()
-    wait_for(lambda: victim.status is JobStatus.QUEUED)  # lease 1 s in tests (15 s by default)
+    wait_until(lambda: victim.status is JobStatus.QUEUED)  # lease 1 s in tests (15 s by default)
     assert time.monotonic() - killed_at < 5
     assert (victim.position, victim.attempts) == (1, 1)  # its old place, the killed run counted
     assert [j.position for j in later] == [2, 3, 4]
@@ -78,13 +79,6 @@ def test_sigkill_mid_job_is_recovered_at_its_old_place(make_queue: MakeQueue, db
     assert victim.attempts == 2 and victim.error is None
     assert read_log(log) == []  # the killed process never finished a run
     assert rescuer.counts()["complete"] == 4
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out waiting"
-        time.sleep(0.02)
 
 
 def _patch_many(db: str, worker: int) -> None:

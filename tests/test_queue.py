@@ -30,15 +30,9 @@ from imgnb import (
     SchemaVersionError,
 )
 from imgnb.testing import FakeGenerator
+from tests.fixtures.queues import wait_until
 
 MakeQueue = Callable[..., ImageQueue]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out waiting"
-        time.sleep(0.01)
 
 
 def test_submit_runs_and_stores_reproducible_images(make_queue: MakeQueue, db_path: str) -> None:

@@ -23,7 +23,7 @@ from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from ..errors import ImgnbError
 from .format import QueuedRow, StepClock, block, counts_html, job_view, queued_html
-from .live import LiveUpdates, assign, close_tree, hold_all, queue_closed, queued_head
+from .live import LiveUpdates, assign, close_tree, hold_all, queue_closed, queued_head, try_action
 from .thumbs import thumbnail_png
 
 if TYPE_CHECKING:
@@ -258,11 +258,7 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
             self._queue.start()
 
     def _act(self, action: Callable[[], object]) -> None:
-        try:
-            action()
-            self._notice = None
-        except ImgnbError as exc:
-            self._notice = str(exc)
+        self._notice = try_action(action)
         self._live.mark()
 
     def close(self) -> None:

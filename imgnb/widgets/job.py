@@ -17,9 +17,8 @@ from traitlets import Float, Int, TraitError, observe, validate
 
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
-from ..errors import ImgnbError
 from .format import JobView, StepClock, block, job_view
-from .live import LiveUpdates, assign, close_tree, hold_all
+from .live import LiveUpdates, assign, close_tree, hold_all, try_action
 from .thumbs import THUMBNAIL_SIZE, thumbnail_png
 
 if TYPE_CHECKING:
@@ -182,11 +181,7 @@ class JobCard(w.VBox):  # type: ignore[misc]
                 self._live.tick(1.0)  # elapsed time, ETA and the retry countdown move without events
 
     def _act(self, action: Callable[[], object]) -> None:
-        try:
-            action()
-            self._notice = None
-        except ImgnbError as exc:
-            self._notice = str(exc)
+        self._notice = try_action(action)
         self._live.mark()
 
     def close(self) -> None:

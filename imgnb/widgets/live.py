@@ -18,14 +18,25 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..core.records import JobEvent
+from ..errors import ImgnbError
 
 if TYPE_CHECKING:
     from ..queue import ImageQueue
     from ..queue.loop import QueueLoop
 
-__all__ = ["LiveUpdates", "assign", "close_tree", "hold_all", "queue_closed", "queued_head"]
+__all__ = ["LiveUpdates", "assign", "close_tree", "hold_all", "queue_closed", "queued_head", "try_action"]
 
 log = logging.getLogger("imgnb")
+
+
+def try_action(action: Callable[[], object]) -> str | None:
+    """Run what a button asks for; return the message to show on the widget if imgnb refused it
+    (an illegal transition, a closed queue), since an exception in a button callback is lost."""
+    try:
+        action()
+    except ImgnbError as exc:
+        return str(exc)
+    return None
 
 
 class LiveUpdates:
