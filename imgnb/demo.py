@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  job {job.id:<4} {job.images[0]}")
         print(
             f"\n{len(jobs)} jobs done in {time.perf_counter() - started:.1f} s; the database now holds "
-            f"{before + len(jobs)} jobs. Next: `jupyter lab notebooks/01_quickstart.ipynb`."
+            f"{before + len(jobs)} jobs. Next: `.venv/bin/jupyter lab notebooks/01_quickstart.ipynb`."
         )
 
 
