@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
 from imgnb import (
@@ -29,6 +31,8 @@ from imgnb import (
     RetryPolicy,
     SchemaVersionError,
 )
+from imgnb.core.records import JobRecord
+from imgnb.store import SQLStore
 from imgnb.testing import FakeGenerator
 from tests.fixtures.queues import wait_until
 
@@ -349,6 +353,27 @@ def test_unknown_older_schema_is_refused_untouched(make_queue: MakeQueue, db_pat
         ImageQueue(db_path)
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT schema_version FROM imgnb_meta").fetchall() == [(0,)]
+
+
+class FlakyStore(SQLStore):
+    """A store whose first claim fails the way a database locked for too long does."""
+
+    failures = 1
+
+    def claim(self, **kwargs: Any) -> list[JobRecord]:
+        if self.failures:
+            self.failures -= 1
+            raise sa.exc.OperationalError("claim", {}, Exception("database is locked"))
+        return super().claim(**kwargs)
+
+
+def test_a_database_error_does_not_kill_the_worker(
+    make_queue: MakeQueue, db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), store=FlakyStore(db_path))
+    job = q.submit("still runs")
+    assert job.result(timeout=10)
+    assert "the worker of fake failed; trying again" in caplog.text
 
 
 def test_client_queue_without_generator_only_stores(make_queue: MakeQueue, db_path: str) -> None:

@@ -33,7 +33,7 @@ from ..store import SQLStore, Store
 from .events import EventBus, Subscriber
 from .files import default_images_dir, load_images
 from .job import Job
-from .loop import QueueLoop
+from .loop import QueueLoop, keep_running
 from .view import QueueView
 from .worker import DeviceWorker
 
@@ -122,6 +122,7 @@ class ImageQueue:
         self._paused = False
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._next_recovery = 0.0  # monotonic time of the next look for stalled jobs
         host = socket.gethostname()
         self._workers = [
             DeviceWorker(self, device=d, lock_name=f"{host}/{d}", generator=g, batch_size=batch_size)
@@ -457,30 +458,28 @@ class ImageQueue:
             raise QueueClosed()
 
     async def _watch(self) -> None:
+        await keep_running(self._watch_once, name="watcher")
+
+    async def _watch_once(self) -> None:
         """Follow other processes' changes; promote due retries; recover stalled jobs."""
-        next_recovery = 0.0
-        try:
-            while True:
-                revision, records = await self._db(self.store.changes_since, self._view.revision)
-                if records:
-                    self._publish_records(records)
-                    if any(r.status is JobStatus.QUEUED for r in records):
-                        self._wake()
-                self._view.caught_up_to(revision)
-                if self._started and not self._closed:
-                    now = time.time()
-                    promoted = await self._db(self.store.promote_due, now=now)
-                    recovered: list[JobRecord] = []
-                    if time.monotonic() >= next_recovery:
-                        next_recovery = time.monotonic() + self.lease.heartbeat
-                        recovered = await self._db(self.store.recover_stalled, now=now, policy=self.retry_policy)
-                    for changed in (promoted, recovered):
-                        if changed:
-                            self._publish_records(changed, written=True)
-                            self._wake()
-                await asyncio.sleep(self.lease.poll)
-        except QueueClosed:
-            pass
+        revision, records = await self._db(self.store.changes_since, self._view.revision)
+        if records:
+            self._publish_records(records)
+            if any(r.status is JobStatus.QUEUED for r in records):
+                self._wake()
+        self._view.caught_up_to(revision)
+        if self._started and not self._closed:
+            now = time.time()
+            promoted = await self._db(self.store.promote_due, now=now)
+            recovered: list[JobRecord] = []
+            if time.monotonic() >= self._next_recovery:
+                self._next_recovery = time.monotonic() + self.lease.heartbeat
+                recovered = await self._db(self.store.recover_stalled, now=now, policy=self.retry_policy)
+            for changed in (promoted, recovered):
+                if changed:
+                    self._publish_records(changed, written=True)
+                    self._wake()
+        await asyncio.sleep(self.lease.poll)
 
     # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------
 

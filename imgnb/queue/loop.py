@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["QueueLoop"]
+from ..errors import QueueClosed
+
+__all__ = ["QueueLoop", "keep_running"]
+
+log = logging.getLogger("imgnb")
 
 T = TypeVar("T")
 
@@ -62,3 +67,20 @@ class QueueLoop:
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
                 self.loop.close()
+
+
+async def keep_running(step: Callable[[], Awaitable[object]], *, name: str, retry_after: float = 1.0) -> None:
+    """Await ``step()`` over and over until the queue closes.
+
+    An unexpected error (a database locked for longer than its busy timeout, a full disk) is logged
+    and the loop goes on after ``retry_after`` seconds: a background task that died silently would
+    leave every waiting job waiting for good. A job it held is found again through its lease.
+    """
+    while True:
+        try:
+            await step()
+        except QueueClosed:
+            return
+        except Exception:
+            log.exception("imgnb: the %s failed; trying again in %g s", name, retry_after)
+            await asyncio.sleep(retry_after)

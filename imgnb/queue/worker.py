@@ -25,6 +25,7 @@ from ..core.states import JobStatus
 from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
 from ..gen.base import Generator
 from .files import save_images
+from .loop import keep_running
 
 if TYPE_CHECKING:
     from .image_queue import ImageQueue
@@ -84,21 +85,21 @@ class DeviceWorker:
     # -- the loop -------------------------------------------------------------------------------
 
     async def run_forever(self) -> None:
+        await keep_running(self._step, name=f"worker of {self.device}")
+
+    async def _step(self) -> None:
+        """Claim and run the next job, or give the device back and wait for work."""
         q = self.queue
-        try:
-            while True:
-                await q._runnable()
-                claimed = await q._db(self._claim)
-                if claimed:
-                    self._holding = True
-                    await self._run(claimed)
-                    continue
-                if self._holding:
-                    await q._db(q.store.release_device, owner=q.owner, device=self.lock_name)
-                    self._holding = False
-                await q._idle()
-        except QueueClosed:
-            pass
+        await q._runnable()
+        claimed = await q._db(self._claim)
+        if claimed:
+            self._holding = True
+            await self._run(claimed)
+            return
+        if self._holding:
+            await q._db(q.store.release_device, owner=q.owner, device=self.lock_name)
+            self._holding = False
+        await q._idle()
 
     def _claim(self) -> list[JobRecord]:
         """In the database thread. Paused is checked here, at the last moment, so that no job is
