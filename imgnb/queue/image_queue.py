@@ -461,24 +461,20 @@ class ImageQueue:
         await keep_running(self._watch_once, name="watcher")
 
     async def _watch_once(self) -> None:
-        """Follow other processes' changes; promote due retries; recover stalled jobs."""
+        """Follow other processes' changes; recover stalled jobs."""
         revision, records = await self._db(self.store.changes_since, self._view.revision)
         if records:
             self._publish_records(records)
             if any(r.status is JobStatus.QUEUED for r in records):
                 self._wake()
         self._view.caught_up_to(revision)
-        if self._started and not self._closed:
-            now = time.time()
-            promoted = await self._db(self.store.promote_due, now=now)
-            recovered: list[JobRecord] = []
-            if time.monotonic() >= self._next_recovery:
-                self._next_recovery = time.monotonic() + self.lease.heartbeat
-                recovered = await self._db(self.store.recover_stalled, now=now, policy=self.retry_policy)
-            for changed in (promoted, recovered):
-                if changed:
-                    self._publish_records(changed, written=True)
-                    self._wake()
+        # due retries are promoted by the workers, just before they claim (see DeviceWorker._claim)
+        if self._started and not self._closed and time.monotonic() >= self._next_recovery:
+            self._next_recovery = time.monotonic() + self.lease.heartbeat
+            recovered = await self._db(self.store.recover_stalled, now=time.time(), policy=self.retry_policy)
+            if recovered:
+                self._publish_records(recovered, written=True)
+                self._wake()
         await asyncio.sleep(self.lease.poll)
 
     # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------

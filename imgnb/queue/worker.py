@@ -67,6 +67,7 @@ class DeviceWorker:
         self.runs: dict[int, _Run] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"imgnb-{device}")
         self._holding = False
+        self._next_promotion = 0.0  # monotonic time of the next look for due retries
 
     # -- called from the queue ------------------------------------------------------------------
 
@@ -91,7 +92,9 @@ class DeviceWorker:
         """Claim and run the next job, or give the device back and wait for work."""
         q = self.queue
         await q._runnable()
-        claimed = await q._db(self._claim)
+        promoted, claimed = await q._db(self._claim)
+        if promoted:  # published first: a job's queued event comes before its processing one
+            q._publish_records(promoted, written=True)
         if claimed:
             self._holding = True
             await self._run(claimed)
@@ -101,15 +104,20 @@ class DeviceWorker:
             self._holding = False
         await q._idle()
 
-    def _claim(self) -> list[JobRecord]:
-        """In the database thread. Paused is checked here, at the last moment, so that no job is
-        claimed once ``pause()`` has returned."""
+    def _claim(self) -> tuple[list[JobRecord], list[JobRecord]]:
+        """In the database thread: promote the retries that are due, then claim. Paused is checked
+        here, at the last moment, so that no job is claimed once ``pause()`` has returned."""
         q = self.queue
+        promoted: list[JobRecord] = []
+        if time.monotonic() >= self._next_promotion:  # at most once a poll: not a query per job
+            self._next_promotion = time.monotonic() + q.lease.poll
+            promoted = q.store.promote_due(now=time.time())
         if q.paused:
-            return []
-        return q.store.claim(
+            return promoted, []
+        claimed = q.store.claim(
             owner=q.owner, device=self.lock_name, now=time.time(), lease=q.lease.lease, batch_size=self.batch_size
         )
+        return promoted, claimed
 
     async def _run(self, claimed: list[JobRecord]) -> None:
         q = self.queue
