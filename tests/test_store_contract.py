@@ -40,7 +40,7 @@ def test_add_is_ordered_and_round_trips(store: SQLStore) -> None:
     assert added[0].params == {"steps": 2} and added[0].status is S.QUEUED and added[0].created_at == NOW
     revision, keys = store.queued_snapshot()
     assert [job_id for job_id, _ in sorted(keys, key=lambda k: k[1])] == [added[1].id, added[0].id, added[2].id]
-    assert revision == store.revision()
+    assert store.changes_since(revision) == (revision, [])  # the snapshot is current
     assert [r.prompt for r in store.list_jobs(status=S.QUEUED)] == ["b", "a", "c"]
     with pytest.raises(JobNotFound):
         store.get(9999)
@@ -48,7 +48,7 @@ def test_add_is_ordered_and_round_trips(store: SQLStore) -> None:
 
 def test_changes_since_returns_only_newer_rows(store: SQLStore) -> None:
     first = store.add([spec("a"), spec("b")], batch_keys=[None, None], now=NOW)
-    rev = store.revision()
+    rev, _ = store.queued_snapshot()
     store.cancel(first[1].id, now=NOW)
     current, changed = store.changes_since(rev)
     assert current > rev and [r.id for r in changed] == [first[1].id] and changed[0].status is S.CANCELLED

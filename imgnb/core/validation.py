@@ -16,7 +16,7 @@ from ..errors import InvalidJob
 from .ordering import Priority
 from .records import JobSpec
 
-__all__ = ["MAX_SEED", "ParamsValidator", "draw_seed", "invalid", "parse_priority", "validate_job"]
+__all__ = ["MAX_SEED", "ParamsValidator", "draw_seed", "invalid", "parse_priority", "validate_job", "validate_patch"]
 
 MAX_SEED = 2**63 - 1
 ParamsValidator = Callable[[dict[str, Any]], dict[str, Any]]
@@ -50,6 +50,15 @@ def _check_json(field: str, value: object, *, item: int | None) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise invalid(field, value, f"JSON-serialisable values ({exc})", item=item) from None
+
+
+def validate_patch(patch: object) -> dict[str, Any]:
+    """A metadata patch for ``update_metadata``: a JSON-serialisable dict."""
+    if not isinstance(patch, Mapping):
+        raise invalid("patch", patch, "a dict to merge into the metadata")
+    checked = dict(patch)
+    _check_json("patch", checked, item=None)
+    return checked
 
 
 def validate_job(

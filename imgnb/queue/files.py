@@ -34,7 +34,8 @@ def default_images_dir(database: str | None, backend: str) -> Path:
 
 
 def png_text(request: GenerationRequest, image: Image) -> dict[str, str]:
-    text = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    own = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    text = dict(own)
     text.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in request.params.items()})
     text.update(prompt=request.prompt, seed=str(request.seed), job_id=str(request.job_id))
     text["imgnb"] = json.dumps(
@@ -43,7 +44,7 @@ def png_text(request: GenerationRequest, image: Image) -> dict[str, str]:
             "prompt": request.prompt,
             "seed": request.seed,
             "params": request.params,
-            **{k: v for k, v in image.info.items() if isinstance(v, str)},
+            **own,
         },
         sort_keys=True,
     )

@@ -26,7 +26,7 @@ from ..core.leases import LeasePolicy
 from ..core.records import EventKind, GenerationRequest, JobEvent, JobRecord, JobSpec
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
-from ..core.validation import ParamsValidator, invalid, validate_job
+from ..core.validation import ParamsValidator, invalid, validate_job, validate_patch
 from ..errors import InvalidJob, JobInterrupted, JobWaitTimeout, QueueClosed
 from ..gen.base import Generator
 from ..store import SQLStore, Store
@@ -326,10 +326,7 @@ class ImageQueue:
 
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> Job:
         """Deep-merge ``patch`` into the job's metadata, atomically (safe across processes)."""
-        if not isinstance(patch, Mapping):
-            raise invalid("patch", patch, "a dict to merge into the metadata")
-        spec_check = validate_job("-", metadata=dict(patch), params={}, seed=0)
-        record = self.store.update_metadata(job_id, spec_check.metadata)
+        record = self.store.update_metadata(job_id, validate_patch(patch))
         self._publish_records([record], written=True)
         return self._handle(record)
 
@@ -387,8 +384,6 @@ class ImageQueue:
         """A generation step finished (on the loop thread)."""
         events = []
         for job_id in job_ids:
-            if job_id not in self._steps and step > 1 and not any(job_id in w.runs for w in self._workers):
-                continue
             self._steps[job_id] = (step, total)
             job = self._view._handles.get(job_id)
             events.append(

@@ -208,10 +208,11 @@ class DeviceWorker:
             stops = [runs[i].stop for i in ids]
             if all(stop is not None for stop in stops):
                 raise stops[0]  # type: ignore[misc]
-            q._loop.call(q._on_step, ids, step, total)
+            live = [i for i in ids if not runs[i].settled]  # a stopped batch mate reports no more steps
+            q._loop.call(q._on_step, live, step, total)
             if time.monotonic() - last_persist >= PROGRESS_PERSIST_EVERY:
                 last_persist = time.monotonic()
-                for i in ids:
+                for i in live:
                     q.store.set_progress(i, owner=q.owner, progress=step / total, now=time.time())
 
         requests = [r.request() for r in records]

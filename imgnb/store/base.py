@@ -45,10 +45,6 @@ class Store(ABC):
         needs to know every position."""
 
     @abstractmethod
-    def revision(self) -> int:
-        """The number of the last write transaction."""
-
-    @abstractmethod
     def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
         """The current revision and the jobs changed after ``revision``."""
 

@@ -325,10 +325,6 @@ class SQLStore(Store):
             )
             return revision, [(r.id, order_key(r.priority, r.seq)) for r in rows]
 
-    def revision(self) -> int:
-        with self._read() as conn:
-            return int(conn.execute(_REVISION).scalar_one())
-
     def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
         with self._read() as conn:
             current = int(conn.execute(_REVISION).scalar_one())
