@@ -22,6 +22,7 @@ from .errors import (
     JobWaitTimeout,
     NotADatabase,
     QueueClosed,
+    QueueConfigError,
     SchemaVersionError,
 )
 from .queue import ImageQueue, Job
@@ -50,6 +51,7 @@ __all__ = [
     "NotADatabase",
     "Priority",
     "QueueClosed",
+    "QueueConfigError",
     "RetryPolicy",
     "SchemaVersionError",
     "tiny_pipeline",

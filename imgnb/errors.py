@@ -19,6 +19,7 @@ __all__ = [
     "JobWaitTimeout",
     "NotADatabase",
     "QueueClosed",
+    "QueueConfigError",
     "SchemaVersionError",
 ]
 
@@ -79,6 +80,10 @@ class JobWaitTimeout(ImgnbError, TimeoutError):
 
 class QueueClosed(ImgnbError):
     """The queue is closed."""
+
+
+class QueueConfigError(ImgnbError, ValueError):
+    """An ``ImageQueue`` was built with options that do not fit together or are out of range."""
 
 
 class DatabaseError(ImgnbError):

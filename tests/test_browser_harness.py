@@ -50,5 +50,7 @@ def test_widget_and_output_render_and_kernel_restarts(lab: LabPage) -> None:
 async def test_asyncio_tests_still_run_after_a_browser_test() -> None:
     # Playwright's sync API marks its loop as running while it is alive; the `lab` fixtures stop it
     # after each test, so pytest-asyncio can run its own loop here (this test runs after the one above).
-    await asyncio.sleep(0)
-    assert asyncio.get_running_loop().is_running()
+    loop = asyncio.get_running_loop()
+    fired = loop.create_future()
+    loop.call_later(0.01, fired.set_result, "fired")  # timers and futures work on pytest-asyncio's loop
+    assert await asyncio.wait_for(fired, 5) == "fired"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from PIL import Image
 
 from imgnb import EventKind, GenerationRequest, ImageQueue, InvalidJob, JobCancelled, JobEvent, JobFailed, JobStatus
 from imgnb.gen import tiny_pipeline
+from tests.fixtures.queues import wait_until
 
 MakeQueue = Callable[..., ImageQueue]
 PARAMS: dict[str, Any] = {"steps": 3, "width": 64, "height": 64, "guidance_scale": 7.5, "negative_prompt": "blurry"}
@@ -54,7 +54,6 @@ def test_stored_pixels_equal_a_bare_pipeline_call(
     assert (text["seed"], text["steps"], text["guidance_scale"]) == ("1234", "3", "7.5")
     assert (text["width"], text["height"]) == ("64", "64")
     assert text["scheduler"] == "DDIMScheduler" and text["model"] == "imgnb/tiny-sd"
-    time.sleep(0.05)
     steps = [e.step for e in events if e.kind is EventKind.PROGRESS and e.job_id == job.id]
     assert steps == [1, 2, 3]  # one progress event per denoising step
 
@@ -93,10 +92,7 @@ def test_cancel_and_timeout_stop_the_pipeline_mid_run(
     cancelled = q.submit("cancel me", **long)
     timed_out = q.submit("too slow", timeout=0.5, **long)
     after = q.submit("after", **PARAMS)
-    end = time.monotonic() + 30
-    while len(steps.get(cancelled.id, [])) < 2:
-        assert time.monotonic() < end
-        time.sleep(0.01)
+    wait_until(lambda: len(steps.get(cancelled.id, [])) >= 2, timeout=30)
     cancelled.cancel()
     with pytest.raises(JobCancelled):
         cancelled.result(timeout=30)

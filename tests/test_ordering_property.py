@@ -31,7 +31,7 @@ def test_order_index_matches_sorted_model(operations: list[tuple[str, int]]) -> 
     next_id = 0
     for op, arg in operations:
         if op == "submit":
-            model[next_id] = order_key(arg, next_id)
+            model[next_id] = order_key(priority=arg, seq=next_id)
             index.put(next_id, model[next_id])
             next_id += 1
         elif op == "cancel":

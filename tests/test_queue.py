@@ -28,6 +28,7 @@ from imgnb import (
     JobStatus,
     JobWaitTimeout,
     NotADatabase,
+    QueueConfigError,
     RetryPolicy,
     SchemaVersionError,
 )
@@ -106,7 +107,7 @@ def test_bad_input_names_the_field_and_stores_nothing(make_queue: MakeQueue, db_
         q.submit("x", seed=-1)
     with pytest.raises(InvalidJob, match=r"status='done' is invalid; allowed: pending, queued, processing"):
         q.jobs(status="done")
-    with pytest.raises(InvalidJob, match=r"batch_size=0"):
+    with pytest.raises(QueueConfigError, match=r"batch_size=0"):
         ImageQueue(db_path, batch_size=0)
     assert q.jobs() == [] and q.counts()["queued"] == 0
     with pytest.raises(JobNotFound, match="no job with id 42"):
@@ -120,8 +121,7 @@ def test_positions_move_up_and_events_say_so(make_queue: MakeQueue, db_path: str
     jobs = [q.submit(f"p{i}") for i in range(3)]
     assert [j.position for j in jobs] == [1, 2, 3]
     q.start()
-    jobs[-1].result(timeout=10)
-    time.sleep(0.1)  # events are delivered on the queue's loop
+    jobs[-1].result(timeout=10)  # returns once the events of its completion were delivered
     third = [e.position for e in events if e.job_id == jobs[2].id and e.kind is EventKind.POSITION]
     assert third == [2, 1]
     statuses = [e.status for e in events if e.job_id == jobs[0].id and e.kind is EventKind.STATUS]
@@ -137,8 +137,10 @@ def test_unsubscribe_stops_events(make_queue: MakeQueue, db_path: str) -> None:
     q.submit("one")
     wait_until(lambda: len(seen) == 1)
     unsubscribe()
-    q.submit("two")
-    time.sleep(0.1)
+    still: list[JobEvent] = []
+    q.subscribe(still.append)
+    two = q.submit("two")
+    wait_until(lambda: [e.job_id for e in still] == [two.id])  # delivered, to subscribers still there
     assert len(seen) == 1
 
 
@@ -167,7 +169,6 @@ def test_retries_back_off_exponentially(make_queue: MakeQueue, db_url: str) -> N
     job = q.submit("flaky", fail_times=2, max_retries=3)
     job.result(timeout=10)
     assert job.attempts == 3 and job.status is JobStatus.COMPLETE and job.error is None
-    time.sleep(0.05)
     P, Q, R = JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING
     assert statuses == [Q, R, P, Q, R, P, Q, R, JobStatus.COMPLETE]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
@@ -204,7 +205,7 @@ def test_timeout_stops_the_generator_and_frees_the_device(make_queue: MakeQueue,
     assert slow.attempts == 1  # timeouts are not retried
     assert max(steps) < 100  # stopped long before its 500 steps
     assert after.started_at is not None and slow.finished_at is not None
-    assert (after.started_at - slow.finished_at).total_seconds() < 0.5
+    assert after.started_at >= slow.finished_at  # the device went to the next job once it stopped
 
 
 def test_timeout_without_on_step_is_reported_on_time(make_queue: MakeQueue, db_path: str) -> None:
@@ -214,8 +215,8 @@ def test_timeout_without_on_step_is_reported_on_time(make_queue: MakeQueue, db_p
     after = q.submit("next", steps=1)
     with pytest.raises(JobFailed, match="timed out"):
         stuck.result(timeout=5)
-    assert stuck.started_at and stuck.finished_at
-    assert (stuck.finished_at - stuck.started_at).total_seconds() < 0.6  # marked on time
+    # marked on time: while its generator still runs, the next job still waits for the device
+    assert after.status is JobStatus.QUEUED and stuck.started_at and stuck.finished_at
     after.result(timeout=10)
     # but the device stayed locked until the generator really returned
     assert after.started_at and (after.started_at - stuck.started_at).total_seconds() >= 0.95
@@ -379,13 +380,12 @@ def test_a_database_error_does_not_kill_the_worker(
 def test_client_queue_without_generator_only_stores(make_queue: MakeQueue, db_path: str) -> None:
     q = make_queue(db_path)
     job = q.submit("for another process")
-    time.sleep(0.1)
     assert job.status is JobStatus.QUEUED and q.devices == []
 
 
 async def test_inside_a_running_loop_like_a_kernel(make_queue: MakeQueue, db_path: str) -> None:
     q = make_queue(db_path, generator=FakeGenerator(step_time=0.01))
-    assert not q._loop.owns_thread  # the worker runs on this loop, as in a Jupyter kernel
+    assert not q.loop.owns_thread  # the worker runs on this loop, as in a Jupyter kernel
     jobs = [q.submit(f"p{i}") for i in range(3)]
     images = await jobs[0]
     assert images and jobs[0].status is JobStatus.COMPLETE
@@ -407,7 +407,8 @@ async def test_cancelling_a_waiting_cell_keeps_the_job(make_queue: MakeQueue, db
     q = make_queue(db_path, generator=FakeGenerator(step_time=0.02, steps=10))
     job = q.submit("survives")
     waiter = asyncio.ensure_future(_await(job))
-    await asyncio.sleep(0.05)
+    while job.status is not JobStatus.PROCESSING:
+        await asyncio.sleep(0.01)
     waiter.cancel()  # the user pressed Stop on the cell awaiting the job
     with pytest.raises(asyncio.CancelledError):
         await waiter

@@ -1,7 +1,8 @@
-"""The Store contract, run against every backend (SQLite and PostgreSQL) by the ``store`` fixture.
+"""The Store contract, run against every implementation by the ``store`` fixture: the in-memory
+``MemoryStore`` and ``SQLStore`` on SQLite and PostgreSQL.
 
-Any new Store must pass this file unchanged: that is how the PostgreSQL store is known to behave
-exactly like the SQLite one.
+Any new Store must pass this file unchanged, and the tests use nothing but the ``Store`` interface:
+that is how the PostgreSQL store is known to behave exactly like the SQLite one.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import time
 
 import pytest
 
-from imgnb import IllegalTransition, JobNotFound, JobStatus, RetryPolicy
+from imgnb import IllegalTransition, JobNotFound, JobStatus
 from imgnb.core.records import JobSpec
-from imgnb.store import SQLStore
+from imgnb.store import Store
 
 S = JobStatus
 NOW = 1_800_000_000.0
@@ -32,7 +33,7 @@ def spec(prompt: str = "p", *, priority: int = 1, max_retries: int = 3, metadata
     )
 
 
-def test_add_is_ordered_and_round_trips(store: SQLStore) -> None:
+def test_add_is_ordered_and_round_trips(store: Store) -> None:
     added = store.add([spec("a"), spec("b", priority=2), spec("c")], batch_keys=[None, "k", None], now=NOW)
     assert [r.prompt for r in added] == ["a", "b", "c"]
     assert [r.seq for r in added] == [added[0].seq, added[0].seq + 1, added[0].seq + 2]
@@ -46,7 +47,7 @@ def test_add_is_ordered_and_round_trips(store: SQLStore) -> None:
         store.get(9999)
 
 
-def test_changes_since_returns_only_newer_rows(store: SQLStore) -> None:
+def test_changes_since_returns_only_newer_rows(store: Store) -> None:
     first = store.add([spec("a"), spec("b")], batch_keys=[None, None], now=NOW)
     rev, _ = store.queued_snapshot()
     store.cancel(first[1].id, now=NOW)
@@ -55,7 +56,7 @@ def test_changes_since_returns_only_newer_rows(store: SQLStore) -> None:
     assert store.changes_since(current) == (current, [])
 
 
-def test_claim_takes_the_head_and_the_device_lock(store: SQLStore) -> None:
+def test_claim_takes_the_head_and_the_device_lock(store: Store) -> None:
     low, high = store.add([spec("low", priority=0), spec("high", priority=2)], batch_keys=[None, None], now=NOW)
     claimed = store.claim(owner="w1", device="h/gpu0", now=NOW, lease=10)
     assert [r.id for r in claimed] == [high.id]
@@ -66,14 +67,14 @@ def test_claim_takes_the_head_and_the_device_lock(store: SQLStore) -> None:
     assert store.claim(owner="w3", device="h/gpu0", now=NOW + 11, lease=10) == []  # lease over, nothing queued
 
 
-def test_claim_batches_jobs_with_the_same_key(store: SQLStore) -> None:
+def test_claim_batches_jobs_with_the_same_key(store: Store) -> None:
     jobs = store.add([spec("a"), spec("b"), spec("c"), spec("d")], batch_keys=["k", "x", "k", "k"], now=NOW)
     claimed = store.claim(owner="w", device="d", now=NOW, lease=10, batch_size=2)
     assert [r.id for r in claimed] == [jobs[0].id, jobs[2].id]
     assert claimed[0].batch == claimed[1].batch and claimed[0].batch is not None
 
 
-def test_finish_is_guarded_by_owner(store: SQLStore) -> None:
+def test_finish_is_guarded_by_owner(store: Store) -> None:
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
     store.claim(owner="w1", device="d", now=NOW, lease=10)
     assert store.finish(job.id, owner="intruder", status=S.COMPLETE, now=NOW) is None
@@ -88,7 +89,7 @@ def test_finish_is_guarded_by_owner(store: SQLStore) -> None:
         store.finish(job.id, owner="w1", status=S.PROCESSING, now=NOW)
 
 
-def test_retry_goes_pending_then_promoted(store: SQLStore) -> None:
+def test_retry_goes_pending_then_promoted(store: Store) -> None:
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
     store.claim(owner="w", device="d", now=NOW, lease=10)
     pending = store.finish(job.id, owner="w", status=S.PENDING, now=NOW, run_at=NOW + 4, error="boom")
@@ -97,7 +98,7 @@ def test_retry_goes_pending_then_promoted(store: SQLStore) -> None:
     assert [r.status for r in store.promote_due(now=NOW + 4)] == [S.QUEUED]
 
 
-def test_cancel_and_requeue(store: SQLStore) -> None:
+def test_cancel_and_requeue(store: Store) -> None:
     a, b = store.add([spec("a"), spec("b")], batch_keys=[None, None], now=NOW)
     assert store.cancel(a.id, now=NOW).status is S.CANCELLED
     with pytest.raises(IllegalTransition):
@@ -110,18 +111,18 @@ def test_cancel_and_requeue(store: SQLStore) -> None:
     assert (again.status, again.attempts) == (S.QUEUED, 0) and again.seq > b.seq
 
 
-def test_recover_stalled_requeues_then_gives_up(store: SQLStore) -> None:
+def test_recover_stalled_requeues_then_gives_up(store: Store) -> None:
     (job,) = store.add([spec(max_retries=1)], batch_keys=[None], now=NOW)
     store.claim(owner="dead", device="d", now=NOW, lease=5)
-    assert store.recover_stalled(now=NOW + 4, policy=RetryPolicy()) == []
-    (back,) = store.recover_stalled(now=NOW + 6, policy=RetryPolicy())
+    assert store.recover_stalled(now=NOW + 4) == []
+    (back,) = store.recover_stalled(now=NOW + 6)
     assert (back.status, back.attempts, back.seq) == (S.QUEUED, 1, job.seq)
     assert [r.id for r in store.claim(owner="alive", device="d", now=NOW + 6, lease=5)] == [job.id]
-    (lost,) = store.recover_stalled(now=NOW + 20, policy=RetryPolicy())
+    (lost,) = store.recover_stalled(now=NOW + 20)
     assert lost.status is S.ERROR and "no retries left" in (lost.error or "")
 
 
-def test_abandon_hands_back_without_counting(store: SQLStore) -> None:
+def test_abandon_hands_back_without_counting(store: Store) -> None:
     (_job,) = store.add([spec()], batch_keys=[None], now=NOW)
     store.claim(owner="w", device="d", now=NOW, lease=10)
     (back,) = store.abandon(owner="w", now=NOW)
@@ -129,7 +130,7 @@ def test_abandon_hands_back_without_counting(store: SQLStore) -> None:
     assert store.claim(owner="other", device="d", now=NOW, lease=10)  # the lock was freed too
 
 
-def test_metadata_deep_merge_is_atomic(store: SQLStore) -> None:
+def test_metadata_deep_merge_is_atomic(store: Store) -> None:
     (job,) = store.add([spec(metadata={"a": {"x": 1}, "drop": 1})], batch_keys=[None], now=NOW)
     merged = store.update_metadata(job.id, {"a": {"y": {"z": 2}}, "drop": None, "new": [1]})
     assert merged.metadata == {"a": {"x": 1, "y": {"z": 2}}, "new": [1]}  # RFC 7396: null deletes
@@ -148,20 +149,20 @@ def test_metadata_deep_merge_is_atomic(store: SQLStore) -> None:
         store.update_metadata(4242, {"a": 1})
 
 
-def test_progress_is_visible_to_others(store: SQLStore) -> None:
+def test_progress_is_visible_to_others(store: Store) -> None:
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
     store.claim(owner="w", device="d", now=NOW, lease=10)
     store.set_progress(job.id, owner="w", progress=0.5, now=time.time())
     assert store.get(job.id).progress == 0.5
 
 
-def test_an_empty_claim_leaves_the_device_usable(store: SQLStore) -> None:
+def test_an_empty_claim_leaves_the_device_usable(store: Store) -> None:
     assert store.claim(owner="w", device="fresh", now=NOW, lease=10) == []  # rolled back: nothing queued
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
     assert [r.id for r in store.claim(owner="w", device="fresh", now=NOW, lease=10)] == [job.id]
 
 
-def test_counts_cover_every_status(store: SQLStore) -> None:
+def test_counts_cover_every_status(store: Store) -> None:
     a, _ = store.add([spec("a"), spec("b")], batch_keys=[None, None], now=NOW)
     store.cancel(a.id, now=NOW)
     counts = store.counts()

@@ -14,7 +14,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from enum import IntEnum
 
-__all__ = ["OrderIndex", "OrderKey", "Priority", "order_key"]
+__all__ = ["RUN_ORDER", "OrderIndex", "OrderKey", "Priority", "order_key"]
 
 
 class Priority(IntEnum):
@@ -29,12 +29,20 @@ class Priority(IntEnum):
         return self.name.lower()
 
 
-OrderKey = tuple[int, int]
-"""``(-priority, seq)``: sorting these ascending gives the run order."""
+RUN_ORDER: tuple[tuple[str, bool], ...] = (("priority", True), ("seq", False))
+"""The run order of queued jobs, declared once: ``(field, descending)`` pairs, most significant
+first. The in-memory key below, the SQL ``ORDER BY`` of the claim and listings, and the database's
+run-order index are all derived from it."""
+
+OrderKey = tuple[int, ...]
+"""Sorting these ascending gives the run order (``(-priority, seq)`` for ``RUN_ORDER``)."""
+
+_SIGNS = tuple((name, -1 if descending else 1) for name, descending in RUN_ORDER)
 
 
-def order_key(priority: int, seq: int) -> OrderKey:
-    return (-priority, seq)
+def order_key(**fields: int) -> OrderKey:
+    """The sort key of a job from its ``RUN_ORDER`` fields: ``order_key(priority=2, seq=7)``."""
+    return tuple(sign * fields[name] for name, sign in _SIGNS)
 
 
 class OrderIndex:
@@ -46,7 +54,7 @@ class OrderIndex:
 
     def __init__(self, entries: Iterable[tuple[int, OrderKey]] = ()) -> None:
         self._key_of: dict[int, OrderKey] = {}
-        self._keys: list[tuple[int, int, int]] = []  # (neg priority, seq, job id), sorted
+        self._keys: list[tuple[int, ...]] = []  # (*order key, job id), sorted
         for job_id, key in entries:
             self._key_of[job_id] = key
             self._keys.append((*key, job_id))
@@ -54,9 +62,6 @@ class OrderIndex:
 
     def __len__(self) -> int:
         return len(self._keys)
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._key_of
 
     def put(self, job_id: int, key: OrderKey) -> None:
         """Place (or move) a job in the order."""
@@ -84,7 +89,7 @@ class OrderIndex:
 
     def head(self, n: int) -> list[int]:
         """The ids of the first ``n`` jobs in run order."""
-        return [entry[2] for entry in self._keys[:n]]
+        return [entry[-1] for entry in self._keys[:n]]
 
     def __iter__(self) -> Iterator[int]:
-        return (entry[2] for entry in self._keys)
+        return (entry[-1] for entry in self._keys)

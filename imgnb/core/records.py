@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .ordering import OrderKey, order_key
+from .ordering import RUN_ORDER, OrderKey, order_key
 from .states import JobStatus
 
 __all__ = ["EventKind", "GenerationRequest", "JobEvent", "JobRecord", "JobSpec"]
@@ -63,7 +63,7 @@ class JobRecord:
 
     @property
     def order_key(self) -> OrderKey:
-        return order_key(self.priority, self.seq)
+        return order_key(**{name: getattr(self, name) for name, _ in RUN_ORDER})
 
     def request(self) -> GenerationRequest:
         return GenerationRequest(job_id=self.id, prompt=self.prompt, params=self.params, seed=self.seed)

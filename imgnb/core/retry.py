@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["FailureKind", "RetryDecision", "RetryPolicy", "get_retry_decision"]
+__all__ = ["FailureKind", "RetryDecision", "RetryPolicy", "get_retry_decision", "has_runs_left"]
 
 
 class FailureKind(StrEnum):
@@ -50,13 +50,18 @@ class RetryDecision:
     delay: float
 
 
+def has_runs_left(*, attempts: int, max_retries: int) -> bool:
+    """Whether a job that has started ``attempts`` runs may start another."""
+    return attempts <= max_retries
+
+
 def get_retry_decision(
     *, kind: FailureKind, attempts: int, max_retries: int, policy: RetryPolicy
 ) -> RetryDecision | None:
     """Whether and when to run a job again after a run failed; None means it ends in error."""
     if kind in (FailureKind.INVALID, FailureKind.TIMED_OUT, FailureKind.CANCELLED):
         return None
-    if attempts > max_retries:
+    if not has_runs_left(attempts=attempts, max_retries=max_retries):
         return None
     if kind is FailureKind.WORKER_LOST:
         return RetryDecision(delay=0.0)

@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from ..errors import IllegalTransition
 
-__all__ = ["FINAL_STATUSES", "JobStatus", "allowed_sources", "check_transition"]
+__all__ = ["FINAL_STATUSES", "JobStatus", "check_transition"]
 
 
 class JobStatus(StrEnum):
@@ -61,11 +61,6 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.ERROR: frozenset({JobStatus.QUEUED}),  # retried by hand
     JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),  # retried by hand
 }
-
-
-def allowed_sources(target: JobStatus) -> frozenset[JobStatus]:
-    """The statuses from which ``target`` may be reached (used to guard SQL updates)."""
-    return frozenset(s for s, targets in _ALLOWED.items() if target in targets)
 
 
 def check_transition(current: JobStatus, target: JobStatus) -> None:

@@ -4,13 +4,14 @@ A generator is any callable ``generator(request, on_step) -> list[PIL.Image.Imag
 ``on_step(step, total)`` after each step; ``on_step`` raises ``JobInterrupted`` (``JobTimedOut``
 for a timeout) when the job must stop, and the generator lets it propagate.
 
-Optional attributes, looked up with ``getattr``:
+Optional capabilities, each a protocol below that the queue checks with ``isinstance``:
 
-- ``device: str``: the device it runs on ("cuda:0", "cpu"); one job at a time runs per device.
-- ``validate_params(params) -> params``: raise ``InvalidJob`` for parameters it cannot take;
-  called at submit time, before anything is stored.
-- ``batch_key(request) -> str | None``: requests with the same non-None key may share one call.
-- ``generate_batch(requests, on_step) -> list[list[Image]]``: one call for several requests,
+- ``device: str`` (``OnDevice``): the device it runs on ("cuda:0", "cpu"); one job at a time runs
+  per device.
+- ``validate_params(params) -> params`` (``ParamsChecker``): raise ``InvalidJob`` for parameters it
+  cannot take; called at submit time, before anything is stored.
+- ``batch_key(request) -> str | None`` and ``generate_batch(requests, on_step) ->
+  list[list[Image]]`` (``BatchGenerator``): requests with the same non-None key may share one call,
   ``on_step`` called once per step for the whole batch.
 
 String entries a generator puts in an image's ``info`` (model name, scheduler) are written into
@@ -20,14 +21,14 @@ the stored PNG's text chunks next to the job's prompt, seed and parameters.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..core.records import GenerationRequest
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["BatchGenerator", "Generator", "OnStep"]
+__all__ = ["BatchGenerator", "Generator", "OnDevice", "OnStep", "ParamsChecker"]
 
 OnStep = Callable[[int, int], None]
 """``on_step(step, total)``: step counts from 1; raises ``JobInterrupted`` to stop the job."""
@@ -43,3 +44,13 @@ class BatchGenerator(Generator, Protocol):
     def batch_key(self, request: GenerationRequest) -> str | None: ...
 
     def generate_batch(self, requests: Sequence[GenerationRequest], on_step: OnStep) -> list[list[Image]]: ...
+
+
+@runtime_checkable
+class ParamsChecker(Protocol):
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class OnDevice(Protocol):
+    device: Any  # a str or a torch.device: str() of it names the device

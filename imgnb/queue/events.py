@@ -1,7 +1,7 @@
-"""Fan-out of job events to subscribers, always on the queue's event loop.
+"""Fan-out of job events to subscribers.
 
-Callbacks run on the loop thread (the kernel's, in Jupyter), so a widget callback may touch widget
-state directly. A callback that raises is logged and kept; it cannot stop the queue.
+The queue calls ``deliver`` on its loop thread only (the kernel's, in Jupyter), so a widget callback
+may touch widget state directly. A callback that raises is logged and kept; it cannot stop the queue.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..core.records import JobEvent
-from .loop import QueueLoop
 
 __all__ = ["EventBus", "Subscriber"]
 
@@ -20,13 +19,9 @@ Subscriber = Callable[[JobEvent], object]
 
 
 class EventBus:
-    def __init__(self, loop: QueueLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
-
-    def __bool__(self) -> bool:
-        return bool(self._subscribers)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         with self._lock:
@@ -38,11 +33,11 @@ class EventBus:
 
         return unsubscribe
 
-    def publish(self, events: Sequence[JobEvent]) -> None:
-        if events and self._subscribers:
-            self._loop.call(self._deliver, list(events))
+    def __len__(self) -> int:
+        return len(self._subscribers)
 
-    def _deliver(self, events: list[JobEvent]) -> None:
+    def deliver(self, events: Sequence[JobEvent]) -> None:
+        """Call every subscriber with each event, in order (on the queue's loop thread)."""
         for callback in self._subscribers:
             for event in events:
                 try:

@@ -21,16 +21,7 @@ from ..core.records import GenerationRequest
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["default_images_dir", "load_images", "save_images"]
-
-
-def default_images_dir(database: str | None, backend: str) -> Path:
-    """``runs/jobs.db`` keeps its images in ``runs/jobs-images/``; a server database in
-    ``./imgnb-images/<database name>/``."""
-    if backend == "sqlite" and database:
-        path = Path(database)
-        return path.with_name(f"{path.stem}-images")
-    return Path("imgnb-images") / (database or "default")
+__all__ = ["load_images", "save_images"]
 
 
 def png_text(request: GenerationRequest, image: Image) -> dict[str, str]:

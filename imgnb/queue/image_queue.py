@@ -15,31 +15,26 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import sqlalchemy as sa
 
 from ..core.leases import LeasePolicy
 from ..core.records import EventKind, GenerationRequest, JobEvent, JobRecord, JobSpec
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
 from ..core.validation import ParamsValidator, invalid, validate_job, validate_patch
-from ..errors import InvalidJob, JobInterrupted, JobWaitTimeout, QueueClosed
-from ..gen.base import Generator
+from ..errors import JobInterrupted, QueueClosed, QueueConfigError
+from ..gen.base import BatchGenerator, Generator, ParamsChecker
 from ..store import SQLStore, Store
 from .events import EventBus, Subscriber
-from .files import default_images_dir, load_images
-from .job import Job
+from .job import Job, JobState
 from .loop import QueueLoop, keep_running
-from .view import QueueView
-from .worker import DeviceWorker
+from .mirror import QueueMirror
+from .worker import DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
     from ..widgets import QueueBoard
 
 __all__ = ["ImageQueue"]
@@ -51,23 +46,25 @@ _BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs
 def _generators(generator: Any, pipeline: Any) -> dict[str, Generator]:
     """Device name -> generator, from ``generator=`` or ``pipeline=`` (one, or a dict by device)."""
     if generator is not None and pipeline is not None:
-        raise InvalidJob("give generator= or pipeline=, not both")
+        raise QueueConfigError("give generator= or pipeline=, not both")
+    gens: Mapping[Any, Any]
     if pipeline is not None:
         from ..gen.diffusers_gen import DiffusersGenerator
 
         pipes = pipeline if isinstance(pipeline, Mapping) else {None: pipeline}
-        return {str(d if d is not None else _device_of(p)): DiffusersGenerator(p) for d, p in pipes.items()}
-    if generator is None:
+        # the adapter names the device the pipeline computes on (its execution device, which
+        # differs from ``pipe.device`` under model offloading): that is the device to lock
+        gens = {d: DiffusersGenerator(p) for d, p in pipes.items()}
+    elif generator is None:
         return {}
-    gens = generator if isinstance(generator, Mapping) else {None: generator}
+    else:
+        gens = generator if isinstance(generator, Mapping) else {None: generator}
     for g in gens.values():
         if not callable(g):
-            raise InvalidJob(f"generator={g!r} is invalid; allowed: a callable generator(request, on_step) -> images")
+            raise QueueConfigError(
+                f"generator={g!r} is invalid; allowed: a callable generator(request, on_step) -> images"
+            )
     return {str(d if d is not None else getattr(g, "device", "default")): g for d, g in gens.items()}
-
-
-def _device_of(pipe: Any) -> str:
-    return str(getattr(pipe, "device", "default"))
 
 
 class ImageQueue:
@@ -92,30 +89,23 @@ class ImageQueue:
         store: Store | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise invalid("batch_size", batch_size, "an integer >= 1 (1: batching off)")
+            raise QueueConfigError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1 (1: batching off)")
         generators = _generators(generator, pipeline)
         self.retry_policy = retry_policy or RetryPolicy()
-        self.lease = lease or LeasePolicy()
+        self.lease_policy = lease or LeasePolicy()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store: Store = store or SQLStore(os.fspath(db))
-        url = getattr(self.store, "url", None)
-        self.images_dir = (
-            Path(images_dir)
-            if images_dir is not None
-            else default_images_dir(
-                url.database if isinstance(url, sa.URL) else None,
-                url.get_backend_name() if isinstance(url, sa.URL) else "",
-            )
-        )
+        self.images_dir = Path(images_dir) if images_dir is not None else self.store.default_images_dir()
         self._check_params: ParamsValidator | None = next(
-            (g.validate_params for g in generators.values() if hasattr(g, "validate_params")), None
+            (g.validate_params for g in generators.values() if isinstance(g, ParamsChecker)), None
         )
-        self._batch_key = next((g.batch_key for g in generators.values() if hasattr(g, "batch_key")), None)
+        self._batch_key = next((g.batch_key for g in generators.values() if isinstance(g, BatchGenerator)), None)
         self._batching = batch_size > 1
-        self._view = QueueView(*self.store.queued_snapshot())
+        self._mirror = QueueMirror(*self.store.queued_snapshot())
+        self._handles: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
         self._steps: dict[int, tuple[int, int]] = {}
         self._loop = QueueLoop()
-        self._bus = EventBus(self._loop)
+        self._bus = EventBus()
         self._db_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="imgnb-db")
         self._closed = False
         self._started = False
@@ -123,9 +113,22 @@ class ImageQueue:
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._next_recovery = 0.0  # monotonic time of the next look for stalled jobs
+        context = WorkerContext(
+            store=self.store,
+            owner=self.owner,
+            lease=self.lease_policy,
+            retry_policy=self.retry_policy,
+            images_dir=self.images_dir,
+            db=self._db,
+            publish=self._publish_written,
+            report_step=self._on_step,
+            call_on_loop=self._loop.call,
+            may_claim=lambda: self._started and not self._paused,
+            wait_for_work=self._idle,
+        )
         host = socket.gethostname()
         self._workers = [
-            DeviceWorker(self, device=d, lock_name=f"{host}/{d}", generator=g, batch_size=batch_size)
+            DeviceWorker(context, device=d, lock_name=f"{host}/{d}", generator=g, batch_size=batch_size)
             for d, g in generators.items()
         ]
         self._run_on_loop(self._start_background)
@@ -167,12 +170,37 @@ class ImageQueue:
         self._paused = True
 
     def resume(self) -> None:
+        """Undo ``pause()``; a queue made with ``start=False`` also needs ``start()``."""
         self._paused = False
         self._wake()
 
     @property
     def paused(self) -> bool:
-        return self._paused or not self._started
+        """True between ``pause()`` and ``resume()``."""
+        return self._paused
+
+    @property
+    def started(self) -> bool:
+        """True once ``start()`` ran (at construction unless ``start=False``)."""
+        return self._started
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def state(self) -> str:
+        """'running', 'paused', 'not started' or 'closed': how the queue reads in one word or two."""
+        if self._closed:
+            return "closed"
+        if not self._started:
+            return "not started"
+        return "paused" if self._paused else "running"
+
+    @property
+    def loop(self) -> QueueLoop:
+        """The event loop the queue's background work and events run on (the kernel's in Jupyter)."""
+        return self._loop
 
     @property
     def devices(self) -> list[str]:
@@ -188,7 +216,7 @@ class ImageQueue:
             self._loop.call(worker.shutdown)
         self._db_executor.shutdown(wait=True)
         returned = self.store.abandon(owner=self.owner, now=time.time())
-        self._publish_records(returned, written=True)
+        self._publish_written(returned)
         if self._loop.owns_thread:
             self._loop.submit(self._cancel_tasks()).result(timeout=10)
             self._loop.stop()
@@ -285,7 +313,7 @@ class ImageQueue:
         self._check_open()
         keys = [self._key_of(spec) for spec in specs]
         records = self.store.add(specs, batch_keys=keys, now=time.time())
-        self._publish_records(records, written=True)
+        self._publish_written(records)
         self._wake()
         return [self._handle(r) for r in records]
 
@@ -324,57 +352,84 @@ class ImageQueue:
         """Call ``callback(event)`` on the queue's loop for each change; returns ``unsubscribe``."""
         return self._bus.subscribe(callback)
 
+    def subscriber_count(self) -> int:
+        """How many callbacks follow this queue's events (widgets included)."""
+        return len(self._bus)
+
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> Job:
         """Deep-merge ``patch`` into the job's metadata, atomically (safe across processes)."""
         record = self.store.update_metadata(job_id, validate_patch(patch))
-        self._publish_records([record], written=True)
+        self._publish_written([record])
         return self._handle(record)
 
     def cancel(self, job_id: int) -> None:
         """Cancel a job: at once if waiting, at its next step if running (here or elsewhere)."""
         record = self.store.cancel(job_id, now=time.time())
-        self._publish_records([record], written=True)
+        self._publish_written([record])
 
     def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in the queue, at the end of its priority."""
         self._check_open()
         record = self.store.requeue(job_id, now=time.time())
-        self._publish_records([record], written=True)
+        self._publish_written([record])
         self._wake()
         return self._handle(record)
 
-    # -- internals used by Job, the workers and the widgets --------------------------------------
+    # -- live state: positions and steps, read by Job handles and widgets ----------------------------
 
-    def _handle(self, record: JobRecord) -> Job:
-        job = self._view.handle(record, partial(Job, self))
-        if self._view.is_stale(job.record):  # a worker moved it on while we were reading it
-            job = self._view.handle(self.store.get(record.id), partial(Job, self))
-        return job
+    def position(self, job_id: int) -> int | None:
+        """1 = runs next, over all queued jobs of the database; None when the job is not queued."""
+        return self._mirror.position(job_id)
 
-    def _position(self, job_id: int) -> int | None:
-        return self._view.position(job_id)
+    def head(self, n: int) -> list[int]:
+        """The ids of the next ``n`` jobs to run, in run order (from memory: no database read)."""
+        return self._mirror.head(n)
 
-    def _progress(self, record: JobRecord) -> float:
-        step = self._steps.get(record.id)
-        if step is not None and record.status is JobStatus.PROCESSING:
-            return step[0] / step[1]
-        return record.progress
+    def queued_count(self) -> int:
+        """How many jobs are queued (from memory: no database read)."""
+        return self._mirror.queued_count()
 
-    def _step(self, job_id: int) -> tuple[int, int] | None:
+    def step_of(self, job_id: int) -> tuple[int, int] | None:
+        """``(step, total)`` of a job running in this process, else None."""
         return self._steps.get(job_id)
 
-    def _publish_records(self, records: Iterable[JobRecord], *, written: bool = False) -> None:
-        """Apply records to the view and tell subscribers. ``written``: they are everything one
-        write of this process changed, so the view need not read them back from the database."""
+    # -- internals ------------------------------------------------------------------------------
+
+    def _handle(self, record: JobRecord) -> Job:
+        if self._mirror.is_stale(record):  # a worker moved it on while we were reading it
+            record = self.store.get(record.id)
+        state = self._mirror.state(record)
+        state.settle()
+        job = self._handles.get(record.id)
+        if job is None:
+            job = self._handles[record.id] = Job(self, state)
+        return job
+
+    def _publish_written(self, records: list[JobRecord]) -> None:
+        """Records that one write of this process returned: the mirror need not read them back."""
+        self._mirror.advance_past_own_write(records)
+        self._publish_records(records)
+
+    def _publish_records(self, records: Iterable[JobRecord]) -> None:
+        """Apply records to the mirror, tell subscribers, then wake the waiters of jobs that ended."""
         records = list(records)
-        if written:
-            self._view.caught_up(records)
         for record in records:
             if record.status is not JobStatus.PROCESSING:
                 self._steps.pop(record.id, None)
             elif record.cancel_requested:
                 self._loop.call(self._stop_local, record.id, JobInterrupted("cancelled"))
-        self._bus.publish(self._view.apply(records, emit=bool(self._bus)))
+        events, touched = self._mirror.apply(records, emit=bool(self._bus))
+        if not events and not touched:
+            return
+        if self._loop.loop.is_closed():  # after close(): nothing is left to deliver to
+            self._settle(events, touched)
+        else:
+            self._loop.call(self._settle, events, touched)
+
+    def _settle(self, events: list[JobEvent], touched: list[JobState]) -> None:
+        self._bus.deliver(events)
+        for state in touched:
+            state.settle()
 
     def _stop_local(self, job_id: int, reason: JobInterrupted) -> None:
         for worker in self._workers:
@@ -385,7 +440,7 @@ class ImageQueue:
         events = []
         for job_id in job_ids:
             self._steps[job_id] = (step, total)
-            job = self._view._handles.get(job_id)
+            record = self._mirror.record_of(job_id)
             events.append(
                 JobEvent(
                     kind=EventKind.PROGRESS,
@@ -393,34 +448,12 @@ class ImageQueue:
                     status=JobStatus.PROCESSING,
                     position=None,
                     progress=step / total,
-                    error=job.error if job is not None else None,
+                    error=record.error if record is not None else None,
                     step=step,
                     total_steps=total,
                 )
             )
-        self._bus.publish(events)
-
-    def _load_images(self, paths: Iterable[str]) -> list[Image]:
-        return load_images(list(paths))
-
-    def _wait(self, job: Job, timeout: float | None) -> None:
-        if job._done.done():
-            return
-        if self._loop.on_loop_thread() and not self._loop.owns_thread:
-            # a notebook cell: keep the kernel's loop turning while we wait
-            import nest_asyncio2
-
-            nest_asyncio2.apply(self._loop.loop)
-            waiter = asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job._done)), timeout)
-            try:
-                self._loop.loop.run_until_complete(waiter)
-            except TimeoutError:
-                raise JobWaitTimeout(f"job {job.id} did not finish within {timeout} s; it goes on") from None
-            return
-        try:
-            job._done.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise JobWaitTimeout(f"job {job.id} did not finish within {timeout} s; it goes on") from None
+        self._bus.deliver(events)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call in the database thread."""
@@ -435,19 +468,14 @@ class ImageQueue:
     def _wake(self) -> None:
         """Wake idle workers; a no-op when none could use it (no workers, paused, already woken)."""
         wakeup = self._wakeup
-        if wakeup is not None and self._workers and not self.paused and not wakeup.is_set():
+        if wakeup is not None and self._workers and self._started and not self._paused and not wakeup.is_set():
             self._loop.call(wakeup.set)
-
-    async def _runnable(self) -> None:
-        """Return when workers may claim jobs."""
-        while self.paused:
-            await self._idle()
 
     async def _idle(self) -> None:
         """Sleep until woken by a local change or until the next look at the database."""
         assert self._wakeup is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), self.lease.poll)
+            await asyncio.wait_for(self._wakeup.wait(), self.lease_policy.poll)
         self._wakeup.clear()
         if self._closed:
             raise QueueClosed()
@@ -457,20 +485,20 @@ class ImageQueue:
 
     async def _watch_once(self) -> None:
         """Follow other processes' changes; recover stalled jobs."""
-        revision, records = await self._db(self.store.changes_since, self._view.revision)
+        revision, records = await self._db(self.store.changes_since, self._mirror.revision)
         if records:
             self._publish_records(records)
             if any(r.status is JobStatus.QUEUED for r in records):
                 self._wake()
-        self._view.caught_up_to(revision)
+        self._mirror.advance_to(revision)
         # due retries are promoted by the workers, just before they claim (see DeviceWorker._claim)
         if self._started and not self._closed and time.monotonic() >= self._next_recovery:
-            self._next_recovery = time.monotonic() + self.lease.heartbeat
-            recovered = await self._db(self.store.recover_stalled, now=time.time(), policy=self.retry_policy)
+            self._next_recovery = time.monotonic() + self.lease_policy.heartbeat
+            recovered = await self._db(self.store.recover_stalled, now=time.time())
             if recovered:
-                self._publish_records(recovered, written=True)
+                self._publish_written(recovered)
                 self._wake()
-        await asyncio.sleep(self.lease.poll)
+        await asyncio.sleep(self.lease_policy.poll)
 
     # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------
 
@@ -491,5 +519,4 @@ class ImageQueue:
         return queue_html(self)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "paused" if self.paused else "running"
-        return f"<ImageQueue {self.store!r} {state}, {len(self._view.index)} queued, devices={self.devices}>"
+        return f"<ImageQueue {self.store!r} {self.state}, {self.queued_count()} queued, devices={self.devices}>"

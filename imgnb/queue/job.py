@@ -18,7 +18,8 @@ from ..core.describe import job_text
 from ..core.ordering import Priority
 from ..core.records import JobRecord
 from ..core.states import JobStatus
-from ..errors import JobCancelled, JobFailed
+from ..errors import JobCancelled, JobFailed, JobWaitTimeout
+from .files import load_images
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -26,42 +27,63 @@ if TYPE_CHECKING:
     from ..widgets import JobCard
     from .image_queue import ImageQueue
 
-__all__ = ["Job"]
-
-_WAITERS = threading.Lock()  # guards the lazily made completion futures of all handles
+__all__ = ["Job", "JobState"]
 
 
 def _when(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, tz=UTC)
 
 
+class JobState:
+    """The newest record of one job in this process, shared by its ``Job`` handle (which reads it)
+    and the queue's mirror (which replaces ``record`` whenever the job changes).
+
+    ``done_future()`` resolves when the job is final. It follows ``settle()``, not ``record``: the
+    queue settles a state only after the events of the change were delivered, so that code woken by
+    ``result()`` has seen those events.
+    """
+
+    def __init__(self, record: JobRecord) -> None:
+        self.record = record
+        self._lock = threading.Lock()
+        self._final = record.status.is_final  # as of the last settle()
+        self._waiter: concurrent.futures.Future[None] | None = None  # made when someone waits
+
+    def settle(self) -> None:
+        """Wake the waiters of a job that became final; re-arm for one retried by hand."""
+        with self._lock:
+            self._final = self.record.status.is_final
+            waiter = self._waiter
+            if waiter is not None and self._final and not waiter.done():
+                waiter.set_result(None)
+            elif waiter is not None and not self._final and waiter.done():
+                self._waiter = None  # retried by hand: wait for the new run
+
+    def done_future(self) -> concurrent.futures.Future[None]:
+        """Resolved when the job reaches a final status (thread-safe, any loop)."""
+        with self._lock:
+            if self._waiter is None:
+                self._waiter = concurrent.futures.Future()
+                if self._final:
+                    self._waiter.set_result(None)
+            return self._waiter
+
+
 class Job:
     """One job of an ``ImageQueue``. Get it from ``submit``, ``submit_batch``, ``get`` or ``jobs``."""
 
-    def __init__(self, queue: ImageQueue, record: JobRecord) -> None:
+    def __init__(self, queue: ImageQueue, state: JobState) -> None:
         self._queue = queue
-        self._record = record
-        self._waiter: concurrent.futures.Future[None] | None = None  # made when someone waits
-
-    def _update(self, record: JobRecord) -> None:
-        """Called by the queue with the job's newest record."""
-        with _WAITERS:
-            self._record = record
-            waiter = self._waiter
-            if waiter is not None and record.status.is_final and not waiter.done():
-                waiter.set_result(None)
-            elif waiter is not None and not record.status.is_final and waiter.done():
-                self._waiter = None  # retried by hand: wait for the new run
+        self._state = state
 
     @property
-    def _done(self) -> concurrent.futures.Future[None]:
-        """Resolved when the job reaches a final status (thread-safe, any loop)."""
-        with _WAITERS:
-            if self._waiter is None:
-                self._waiter = concurrent.futures.Future()
-                if self._record.status.is_final:
-                    self._waiter.set_result(None)
-            return self._waiter
+    def _record(self) -> JobRecord:
+        return self._state.record
+
+    @property
+    def queue(self) -> ImageQueue:
+        """The queue this handle belongs to."""
+        return self._queue
 
     @property
     def record(self) -> JobRecord:
@@ -91,17 +113,21 @@ class Job:
     @property
     def position(self) -> int | None:
         """1 = runs next, 2 = after that, ... over all queued jobs of the database; None when not queued."""
-        return self._queue._position(self._record.id)
+        return self._queue.position(self._record.id)
 
     @property
     def progress(self) -> float:
         """0.0 to 1.0: the share of generation steps done."""
-        return self._queue._progress(self._record)
+        record = self._record
+        step = self.step
+        if step is not None and record.status is JobStatus.PROCESSING:
+            return step[0] / step[1]
+        return record.progress
 
     @property
     def step(self) -> tuple[int, int] | None:
         """``(step, total)`` while it runs in this process, else None."""
-        return self._queue._step(self._record.id)
+        return self._queue.step_of(self._record.id)
 
     @property
     def images(self) -> list[str]:
@@ -132,7 +158,8 @@ class Job:
         so other jobs, widgets and events go on. Raises ``JobWaitTimeout`` if ``timeout`` passes;
         the job goes on running either way.
         """
-        self._queue._wait(self, timeout)
+        if not self._queue.loop.wait(self._state.done_future(), timeout):
+            raise JobWaitTimeout(f"job {self.id} did not finish within {timeout} s; it goes on")
         return self._outcome()
 
     def _outcome(self) -> list[Image]:
@@ -141,12 +168,12 @@ class Job:
             raise JobCancelled(record.id)
         if record.status is JobStatus.ERROR:
             raise JobFailed(record.id, record.error)
-        return self._queue._load_images(record.images)
+        return load_images(record.images)
 
     def __await__(self) -> Generator[Any, None, list[Image]]:
         async def wait() -> list[Image]:
             # shield: cancelling the awaiting cell must not cancel the job's completion future
-            await asyncio.shield(asyncio.wrap_future(self._done))
+            await asyncio.shield(asyncio.wrap_future(self._state.done_future()))
             return self._outcome()
 
         return wait().__await__()

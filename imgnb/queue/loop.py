@@ -57,6 +57,31 @@ class QueueLoop:
         elif not self.loop.is_closed():
             self.loop.call_soon_threadsafe(fn, *args)
 
+    def wait(self, future: concurrent.futures.Future[Any], timeout: float | None) -> bool:
+        """Block until ``future`` is done; False if ``timeout`` seconds passed first.
+
+        On the kernel's own loop (a notebook cell) a plain block would freeze the very loop that
+        must resolve the future, so the loop is nested (nest-asyncio2) and keeps turning: other
+        jobs, widgets and events go on while the cell waits.
+        """
+        if future.done():
+            return True
+        if self.on_loop_thread() and not self.owns_thread:
+            import nest_asyncio2
+
+            nest_asyncio2.apply(self.loop)
+            waiter = asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+            try:
+                self.loop.run_until_complete(waiter)
+            except TimeoutError:
+                return False
+            return True
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 

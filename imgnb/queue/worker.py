@@ -6,6 +6,8 @@ or cancel is stored the moment it is decided; the thread learns it at its next `
 stops. Until the thread has really returned the device stays locked (and its lease renewed): a
 generator that never calls ``on_step`` keeps its device busy after its job was marked timed out,
 because two jobs on one GPU is worse than one waiting.
+
+A worker knows its queue only through a ``WorkerContext``: the few things it may ask for.
 """
 
 from __future__ import annotations
@@ -13,28 +15,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
-from ..core.leases import deadline
+from ..core.describe import attempt_text
+from ..core.leases import LeasePolicy, deadline
 from ..core.records import JobRecord
-from ..core.retry import FailureKind, get_retry_decision
+from ..core.retry import FailureKind, RetryPolicy, get_retry_decision
 from ..core.states import JobStatus
 from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
-from ..gen.base import Generator
+from ..gen.base import BatchGenerator, Generator
+from ..store import Store
 from .files import save_images
 from .loop import keep_running
 
-if TYPE_CHECKING:
-    from .image_queue import ImageQueue
-
-__all__ = ["DeviceWorker"]
+__all__ = ["DeviceWorker", "WorkerContext"]
 
 log = logging.getLogger("imgnb")
+T = TypeVar("T")
 TICK = 0.05  # seconds between looks at deadlines and cancellations while a job runs
 PROGRESS_PERSIST_EVERY = 1.0  # seconds between progress writes, for other processes to show
+
+
+class RunInDb(Protocol):
+    def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Awaitable[T]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerContext:
+    """What a ``DeviceWorker`` may ask of its queue, and nothing more."""
+
+    store: Store
+    owner: str  # the identity this process claims jobs and device locks under
+    lease: LeasePolicy
+    retry_policy: RetryPolicy
+    images_dir: Path
+    db: RunInDb  # run a store call in the queue's database thread; raises QueueClosed once closed
+    publish: Callable[[list[JobRecord]], None]  # records that one write of this process returned
+    report_step: Callable[[list[int], int, int], None]  # a step finished (called on the loop thread)
+    call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
+    may_claim: Callable[[], bool]  # started and not paused (read in the database thread)
+    wait_for_work: Callable[[], Awaitable[None]]  # until woken or the next poll; raises QueueClosed
 
 
 @dataclass(eq=False)
@@ -45,6 +69,8 @@ class _Run:
     deadline: float | None
     stop: JobInterrupted | None = None  # set when the job must stop; raised at its next step
     settled: bool = False  # its outcome is stored; whatever the thread returns is dropped
+    step: tuple[int, int] | None = None  # the last step reported by the generation thread
+    persisted: tuple[int, int] | None = None  # the last step written to the database
 
 
 def _classify(exc: BaseException) -> FailureKind:
@@ -58,12 +84,12 @@ def _classify(exc: BaseException) -> FailureKind:
 
 
 class DeviceWorker:
-    def __init__(self, queue: ImageQueue, *, device: str, lock_name: str, generator: Generator, batch_size: int):
-        self.queue = queue
+    def __init__(self, ctx: WorkerContext, *, device: str, lock_name: str, generator: Generator, batch_size: int):
+        self.ctx = ctx
         self.device = device
         self.lock_name = lock_name
         self.generator = generator
-        self.batch_size = batch_size if hasattr(generator, "generate_batch") else 1
+        self.batch_size = batch_size if isinstance(generator, BatchGenerator) else 1
         self.runs: dict[int, _Run] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"imgnb-{device}")
         self._holding = False
@@ -78,6 +104,8 @@ class DeviceWorker:
             run.stop = reason
 
     def shutdown(self) -> None:
+        """At ``close()``: stop the running jobs at their next step and store nothing more of them;
+        the queue hands them back to their place itself (``Store.abandon``)."""
         for run in self.runs.values():
             run.stop = run.stop or JobInterrupted("the queue was closed; the job went back to its place")
             run.settled = True
@@ -86,58 +114,68 @@ class DeviceWorker:
     # -- the loop -------------------------------------------------------------------------------
 
     async def run_forever(self) -> None:
-        await keep_running(self._step, name=f"worker of {self.device}")
+        await keep_running(self._claim_and_run, name=f"worker of {self.device}")
 
-    async def _step(self) -> None:
+    async def _claim_and_run(self) -> None:
         """Claim and run the next job, or give the device back and wait for work."""
-        q = self.queue
-        await q._runnable()
-        promoted, claimed = await q._db(self._claim)
+        ctx = self.ctx
+        while not ctx.may_claim():
+            await ctx.wait_for_work()
+        promoted, claimed = await ctx.db(self._claim)
         if promoted:  # published first: a job's queued event comes before its processing one
-            q._publish_records(promoted, written=True)
+            ctx.publish(promoted)
         if claimed:
             self._holding = True
             await self._run(claimed)
             return
         if self._holding:
-            await q._db(q.store.release_device, owner=q.owner, device=self.lock_name)
+            await ctx.db(ctx.store.release_device, owner=ctx.owner, device=self.lock_name)
             self._holding = False
-        await q._idle()
+        await ctx.wait_for_work()
 
     def _claim(self) -> tuple[list[JobRecord], list[JobRecord]]:
-        """In the database thread: promote the retries that are due, then claim. Paused is checked
+        """In the database thread: promote the retries that are due, then claim. Pausing is checked
         here, at the last moment, so that no job is claimed once ``pause()`` has returned."""
-        q = self.queue
+        ctx = self.ctx
         promoted: list[JobRecord] = []
         if time.monotonic() >= self._next_promotion:  # at most once a poll: not a query per job
-            self._next_promotion = time.monotonic() + q.lease.poll
-            promoted = q.store.promote_due(now=time.time())
-        if q.paused:
+            self._next_promotion = time.monotonic() + ctx.lease.poll
+            promoted = ctx.store.promote_due(now=time.time())
+        if not ctx.may_claim():
             return promoted, []
-        claimed = q.store.claim(
-            owner=q.owner, device=self.lock_name, now=time.time(), lease=q.lease.lease, batch_size=self.batch_size
+        claimed = ctx.store.claim(
+            owner=ctx.owner, device=self.lock_name, now=time.time(), lease=ctx.lease.lease, batch_size=self.batch_size
         )
         return promoted, claimed
 
     async def _run(self, claimed: list[JobRecord]) -> None:
-        q = self.queue
-        q._publish_records(claimed, written=True)
+        ctx = self.ctx
+        ctx.publish(claimed)
         runs = {r.id: _Run(r, deadline(r.started_at or time.time(), r.timeout)) for r in claimed}
         self.runs = runs
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._generate, claimed, runs)
-        next_beat = time.monotonic() + q.lease.heartbeat
+        next_beat = time.monotonic() + ctx.lease.heartbeat
+        next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
         while not future.done():
             await asyncio.wait({future}, timeout=TICK)
             now = time.time()
             if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + q.lease.heartbeat
+                next_beat = time.monotonic() + ctx.lease.heartbeat
                 live = [i for i, run in runs.items() if not run.settled]
-                asked = await q._db(
-                    q.store.renew, owner=q.owner, device=self.lock_name, job_ids=live, now=now, lease=q.lease.lease
+                asked = await ctx.db(
+                    ctx.store.renew,
+                    owner=ctx.owner,
+                    device=self.lock_name,
+                    job_ids=live,
+                    now=now,
+                    lease=ctx.lease.lease,
                 )
                 for job_id in asked:
                     self.request_stop(job_id, JobInterrupted("cancelled"))
+            if time.monotonic() >= next_persist:
+                next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
+                await self._persist_progress(runs.values(), now)
             for run in runs.values():
                 if run.settled:
                     continue
@@ -155,24 +193,37 @@ class DeviceWorker:
                 await self._settle(run, outcome[claimed.index(run.record)] if outcome else None, error)
         self.runs = {}
 
-    async def _settle(self, run: _Run, images: Sequence[str] | None, error: BaseException | None) -> None:
-        """Store how a run ended. Shielded: a cancelled task still writes the final status."""
-        run.settled = True
-        await asyncio.shield(self._store_outcome(run.record, images, error))
+    async def _persist_progress(self, runs: Iterable[_Run], now: float) -> None:
+        """Write the steps reached since the last write, for other processes to show. Here, in the
+        database thread: the generation thread never waits for the database."""
+        for run in runs:
+            step = run.step
+            if run.settled or step is None or step == run.persisted:
+                continue
+            run.persisted = step
+            await self.ctx.db(
+                self.ctx.store.set_progress, run.record.id, owner=self.ctx.owner, progress=step[0] / step[1], now=now
+            )
 
-    async def _store_outcome(
-        self, record: JobRecord, images: Sequence[str] | None, error: BaseException | None
-    ) -> None:
-        q = self.queue
+    async def _settle(self, run: _Run, images: Sequence[str] | None, error: BaseException | None) -> None:
+        """Store how a run ended.
+
+        Once ``close()`` has begun nothing is stored (the database thread refuses with
+        ``QueueClosed``): close hands every running job back to its place, uncounted, and the
+        run's result is dropped rather than half-written.
+        """
+        run.settled = True
+        ctx = self.ctx
+        record = run.record
         now = time.time()
-        finish: dict[str, Any] = {"owner": q.owner, "now": now, "batch": record.batch}
+        finish: dict[str, Any] = {"owner": ctx.owner, "now": now}
         if error is None:
             finish.update(status=JobStatus.COMPLETE, images=list(images or ()))
         else:
             kind = _classify(error)
             message = str(error) if isinstance(error, JobInterrupted) else f"{type(error).__name__}: {error}"
             decision = get_retry_decision(
-                kind=kind, attempts=record.attempts, max_retries=record.max_retries, policy=q.retry_policy
+                kind=kind, attempts=record.attempts, max_retries=record.max_retries, policy=ctx.retry_policy
             )
             if kind is FailureKind.CANCELLED:
                 finish.update(status=JobStatus.CANCELLED, error=None)
@@ -182,47 +233,44 @@ class DeviceWorker:
                 finish.update(
                     status=JobStatus.PENDING,
                     run_at=now + decision.delay,
-                    error=f"{message} (attempt {record.attempts} of {record.max_retries + 1}; "
+                    error=f"{message} ({attempt_text(record.attempts, record.max_retries)}; "
                     f"retrying in {decision.delay:g} s)",
                 )
             if kind is FailureKind.TRANSIENT:
                 log.info("imgnb: job %s failed: %s", record.id, message, exc_info=error)
         try:
-            stored = await q._db(q.store.finish, record.id, **finish)
+            stored = await ctx.db(ctx.store.finish, record.id, **finish)
         except QueueClosed:
-            return  # close() hands the job back to the queue
+            return
         if stored is None:
             log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", record.id)
             return
-        q._publish_records([stored], written=True)
+        ctx.publish([stored])
 
     # -- the generation thread ------------------------------------------------------------------
 
     def _generate(self, records: list[JobRecord], runs: dict[int, _Run]) -> list[list[str]]:
-        q = self.queue
+        ctx = self.ctx
         ids = [r.id for r in records]
-        last_persist = time.monotonic()
 
         def on_step(step: int, total: int) -> None:
-            nonlocal last_persist
             stops = [runs[i].stop for i in ids]
             if all(stop is not None for stop in stops):
                 raise stops[0]  # type: ignore[misc]
             live = [i for i in ids if not runs[i].settled]  # a stopped batch mate reports no more steps
-            q._loop.call(q._on_step, live, step, total)
-            if time.monotonic() - last_persist >= PROGRESS_PERSIST_EVERY:
-                last_persist = time.monotonic()
-                for i in live:
-                    q.store.set_progress(i, owner=q.owner, progress=step / total, now=time.time())
+            for i in live:
+                runs[i].step = (step, total)
+            ctx.call_on_loop(ctx.report_step, live, step, total)
 
         requests = [r.request() for r in records]
         if len(requests) == 1:
             outputs = [self.generator(requests[0], on_step)]
         else:
-            outputs = self.generator.generate_batch(requests, on_step)  # type: ignore[attr-defined]
+            assert isinstance(self.generator, BatchGenerator)  # batch_size is 1 otherwise
+            outputs = self.generator.generate_batch(requests, on_step)
         if len(outputs) != len(requests) or not all(outputs):
             raise TypeError(f"the generator returned {len(outputs)} results for {len(requests)} jobs, or no image")
         return [
-            [] if runs[req.job_id].settled else save_images(q.images_dir, req, images)
+            [] if runs[req.job_id].settled else save_images(ctx.images_dir, req, images)
             for req, images in zip(requests, outputs, strict=True)
         ]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..core.ordering import OrderKey
 from ..core.records import JobRecord, JobSpec
-from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
 
 __all__ = ["Store"]
@@ -78,7 +78,6 @@ class Store(ABC):
         error: str | None = None,
         images: Sequence[str] = (),
         run_at: float | None = None,
-        batch: str | None = None,
     ) -> JobRecord | None:
         """End a run of a job ``owner`` claimed: complete, error, cancelled, or pending (retry at
         ``run_at``). None when ``owner`` no longer holds the job (its lease was lost)."""
@@ -96,7 +95,7 @@ class Store(ABC):
         """Move pending jobs whose retry delay has passed to ``queued``."""
 
     @abstractmethod
-    def recover_stalled(self, *, now: float, policy: RetryPolicy) -> list[JobRecord]:
+    def recover_stalled(self, *, now: float) -> list[JobRecord]:
         """Jobs whose owner's lease ran out go back to their old place, or to error once their
         retries are spent."""
 
@@ -108,6 +107,10 @@ class Store(ABC):
     @abstractmethod
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
         """Deep-merge ``patch`` into a job's metadata in one statement (RFC 7396)."""
+
+    @abstractmethod
+    def default_images_dir(self) -> Path:
+        """Where a queue on this store writes image files unless told otherwise."""
 
     @abstractmethod
     def close(self) -> None:

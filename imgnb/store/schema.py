@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+from ..core.ordering import RUN_ORDER
+
 __all__ = ["SCHEMA_VERSION", "DeviceRow", "JobRow", "MetaRow"]
 
 SCHEMA_VERSION = 1
@@ -35,7 +37,7 @@ class JobRow(SQLModel, table=True):
     __tablename__ = "imgnb_job"
     __table_args__ = (
         # the claim and the queued listing walk this index in run order
-        sa.Index("imgnb_job_run_order", "status", sa.text("priority DESC"), "seq"),
+        sa.Index("imgnb_job_run_order", "status", *(sa.text(f"{n} DESC") if d else n for n, d in RUN_ORDER)),
         sa.Index("imgnb_job_revision", "revision"),
         sa.Index("imgnb_job_group", "group_name"),
         {"sqlite_autoincrement": True},  # never hand out a used id again, even after deletes

@@ -19,9 +19,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..core.ordering import OrderKey, order_key
+from ..core.ordering import RUN_ORDER, OrderKey, order_key
 from ..core.records import JobRecord, JobSpec
-from ..core.retry import FailureKind, RetryPolicy, get_retry_decision
+from ..core.retry import has_runs_left
 from ..core.states import JobStatus, check_transition
 from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
@@ -31,7 +31,7 @@ from .schema import SCHEMA_VERSION, DeviceRow, JobRow, MetaRow
 __all__ = ["SQLStore"]
 
 job = JobRow.__table__  # type: ignore[attr-defined]
-meta = MetaRow.__table__  # type: ignore[attr-defined]
+counters = MetaRow.__table__  # type: ignore[attr-defined]
 device_lock = DeviceRow.__table__  # type: ignore[attr-defined]
 
 # RFC 7396 merge patch, as SQLite's json_patch() does it. PostgreSQL's `jsonb || jsonb` is shallow.
@@ -65,10 +65,10 @@ def _args(**values: Any) -> dict[str, Any]:
 
 _QUEUED = JobStatus.QUEUED.value
 _PROCESSING = JobStatus.PROCESSING.value
-_RUN_ORDER = (job.c.priority.desc(), job.c.seq)
-_BUMP = sa.update(meta).values(revision=meta.c.revision + 1).returning(meta.c.revision)
-_TAKE_SEQ = sa.update(meta).values(next_seq=meta.c.next_seq + B("b_n")).returning(meta.c.next_seq)
-_REVISION = sa.select(meta.c.revision)
+_RUN_ORDER = tuple(job.c[name].desc() if descending else job.c[name].asc() for name, descending in RUN_ORDER)
+_BUMP = sa.update(counters).values(revision=counters.c.revision + 1).returning(counters.c.revision)
+_TAKE_SEQ = sa.update(counters).values(next_seq=counters.c.next_seq + B("b_n")).returning(counters.c.next_seq)
+_REVISION = sa.select(counters.c.revision)
 _GET = sa.select(job).where(job.c.id == B("b_id"))
 _INSERT = sa.insert(job)
 _IDS_OF_REVISION = sa.select(job.c.id, job.c.seq).where(job.c.revision == B("b_rev"))
@@ -209,14 +209,14 @@ class SQLStore(Store):
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
-            if not sa.inspect(conn).has_table(meta.name):
-                for table in (meta, job, device_lock):
+            if not sa.inspect(conn).has_table(counters.name):
+                for table in (counters, job, device_lock):
                     table.create(conn, checkfirst=True)
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql(_PG_MERGE)
-                conn.execute(sa.insert(meta).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0))
+                conn.execute(sa.insert(counters).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0))
                 return
-            version = conn.execute(sa.select(meta.c.schema_version)).scalar_one()
+            version = conn.execute(sa.select(counters.c.schema_version)).scalar_one()
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"{self!r} has schema version {version}, newer than this imgnb understands "
@@ -229,7 +229,7 @@ class SQLStore(Store):
                         f"to {SCHEMA_VERSION}. The database was not changed."
                     )
                 conn.exec_driver_sql(_MIGRATIONS[step])
-            conn.execute(sa.update(meta).values(schema_version=SCHEMA_VERSION))
+            conn.execute(sa.update(counters).values(schema_version=SCHEMA_VERSION))
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -243,6 +243,11 @@ class SQLStore(Store):
     def _read(self) -> Iterator[sa.Connection]:
         with self._reader.begin() as conn:
             yield conn
+
+    @staticmethod
+    def _take_seq(conn: sa.Connection, n: int) -> int:
+        """Reserve ``n`` consecutive run-order numbers; returns the first. The one place ``seq`` is made."""
+        return int(conn.execute(_TAKE_SEQ, _args(n=n)).scalar_one()) - n
 
     @staticmethod
     def _one(conn: sa.Connection, job_id: int) -> JobRecord:
@@ -262,8 +267,8 @@ class SQLStore(Store):
         if not specs:
             return []
         with self._write() as (conn, rev):
-            first = conn.execute(_TAKE_SEQ, _args(n=len(specs))).scalar_one() - len(specs)
-            rows = [
+            first = self._take_seq(conn, len(specs))
+            rows: list[dict[str, Any]] = [
                 {
                     "seq": first + i,
                     "status": _QUEUED,
@@ -304,10 +309,7 @@ class SQLStore(Store):
             query = query.where(job.c.status == JobStatus(status).value)
         if group is not None:
             query = query.where(job.c.group_name == group)
-        if status is JobStatus.QUEUED:
-            query = query.order_by(job.c.priority.desc(), job.c.seq)
-        else:
-            query = query.order_by(job.c.id)
+        query = query.order_by(*_RUN_ORDER) if status is JobStatus.QUEUED else query.order_by(job.c.id)
         with self._read() as conn:
             return [_record(r) for r in conn.execute(query)]
 
@@ -321,9 +323,9 @@ class SQLStore(Store):
         with self._read() as conn:
             revision = int(conn.execute(_REVISION).scalar_one())
             rows = conn.execute(
-                sa.select(job.c.id, job.c.priority, job.c.seq).where(job.c.status == JobStatus.QUEUED.value)
+                sa.select(job.c.id, *(job.c[name] for name, _ in RUN_ORDER)).where(job.c.status == _QUEUED)
             )
-            return revision, [(r.id, order_key(r.priority, r.seq)) for r in rows]
+            return revision, [(r.id, order_key(**r._mapping)) for r in rows]
 
     def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
         with self._read() as conn:
@@ -400,7 +402,6 @@ class SQLStore(Store):
         error: str | None = None,
         images: Sequence[str] = (),
         run_at: float | None = None,
-        batch: str | None = None,
     ) -> JobRecord | None:
         check_transition(JobStatus.PROCESSING, status)
         final = status is not JobStatus.PENDING
@@ -434,7 +435,7 @@ class SQLStore(Store):
     def requeue(self, job_id: int, *, now: float) -> JobRecord:
         with self._write() as (conn, rev):
             check_transition(self._one(conn, job_id).status, JobStatus.QUEUED)
-            seq = conn.execute(_TAKE_SEQ, _args(n=1)).scalar_one() - 1
+            seq = self._take_seq(conn, 1)
             updated = self._update_one(
                 conn,
                 job_id,
@@ -471,7 +472,7 @@ class SQLStore(Store):
             ).all()
             return [_record(r) for r in rows]
 
-    def recover_stalled(self, *, now: float, policy: RetryPolicy) -> list[JobRecord]:
+    def recover_stalled(self, *, now: float) -> list[JobRecord]:
         stalled = sa.and_(job.c.status == JobStatus.PROCESSING.value, job.c.lease_until < now)
         with self._read() as conn:
             if conn.execute(sa.select(job.c.id).where(stalled).limit(1)).first() is None:
@@ -480,13 +481,10 @@ class SQLStore(Store):
         with self._write() as (conn, rev):
             for row in conn.execute(sa.select(job).where(stalled)).all():
                 lost = _record(row)
-                decision = get_retry_decision(
-                    kind=FailureKind.WORKER_LOST, attempts=lost.attempts, max_retries=lost.max_retries, policy=policy
-                )
                 why = f"its worker {lost.owner} stopped responding during attempt {lost.attempts}"
                 values: dict[str, Any] = (
                     {"status": JobStatus.QUEUED.value, "error": f"{why}; re-queued"}
-                    if decision is not None
+                    if has_runs_left(attempts=lost.attempts, max_retries=lost.max_retries)
                     else {"status": JobStatus.ERROR.value, "error": f"{why}; no retries left", "finished_at": now}
                 )
                 updated = self._update_one(
@@ -528,6 +526,15 @@ class SQLStore(Store):
             if updated is None:
                 raise JobNotFound(f"no job with id {job_id}")
             return updated
+
+    def default_images_dir(self) -> Path:
+        """``runs/jobs.db`` keeps its images in ``runs/jobs-images/``; a server database in
+        ``./imgnb-images/<database name>/``."""
+        database = self.url.database
+        if self.dialect == "sqlite" and database:
+            path = Path(database)
+            return path.with_name(f"{path.stem}-images")
+        return Path("imgnb-images") / (database or "default")
 
     def close(self) -> None:
         self.engine.dispose()

@@ -12,18 +12,17 @@ from __future__ import annotations
 import html
 import time
 from collections import Counter, deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
-from traitlets import Float, Int, TraitError, observe, validate
+from traitlets import Int, TraitError, observe, validate
 
 from ..core.describe import short
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from ..errors import ImgnbError
 from .format import QueuedRow, StepClock, block, counts_html, job_view, queued_html
-from .live import LiveUpdates, assign, close_tree, hold_all, queue_closed, queued_head, try_action
+from .live import LiveBox, LiveUpdates, assign, hold_all, set_bar
 from .thumbs import thumbnail_png
 
 if TYPE_CHECKING:
@@ -54,11 +53,7 @@ class _RunningRow:
         )
         timing = f"<br><span style='color:#757575'>{v.timing}</span>" if v.timing else ""
         assign(self.label, value=block(f"#{job.id} {html.escape(short(job.prompt, 50))}{timing}"))
-        if v.bar_max >= self.bar.value:
-            assign(self.bar, max=v.bar_max, value=v.bar_value)
-        else:
-            assign(self.bar, value=v.bar_value, max=v.bar_max)
-        assign(self.bar, description=v.bar_text, bar_style=v.bar_style)
+        set_bar(self.bar, value=v.bar_value, max=v.bar_max, description=v.bar_text, bar_style=v.bar_style)
 
 
 class _Tile:
@@ -89,18 +84,11 @@ class _Tile:
         assign(self.caption, value=block(text))
 
 
-class QueueBoard(w.VBox):  # type: ignore[misc]
+class QueueBoard(LiveBox):
     """A live board for an ``ImageQueue``: ``QueueBoard(queue)``, ``queue.widget()``, or ``queue`` alone in a cell."""
 
-    interval = Float(0.1, help="Least seconds between two redraws (0.1: ten per second at most).")
     max_queued = Int(20, help="How many queued jobs to list; the others are counted ('+N more').")
     max_recent = Int(8, help=f"How many finished jobs to show, newest first (at most {RECENT_KEPT}).")
-
-    @validate("interval")
-    def _valid_interval(self, proposal: dict[str, Any]) -> float:
-        if not proposal["value"] > 0:
-            raise TraitError(f"interval={proposal['value']!r} is invalid; allowed: seconds > 0")
-        return float(proposal["value"])
 
     @validate("max_queued", "max_recent")
     def _valid_cap(self, proposal: dict[str, Any]) -> int:
@@ -110,12 +98,10 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
             raise TraitError(f"{name}={value!r} is invalid; allowed: 0 to {top}")
         return int(value)
 
-    @observe("interval", "max_queued", "max_recent")
-    def _settings_changed(self, change: dict[str, Any]) -> None:
-        live: LiveUpdates | None = getattr(self, "_live", None)  # None while the constructor runs
-        if live is not None:
-            live.interval = self.interval
-            live.mark()
+    @observe("max_queued", "max_recent")
+    def _caps_changed(self, change: dict[str, Any]) -> None:
+        if self._live is not None:
+            self._live.mark()
 
     def __init__(self, queue: ImageQueue, **kwargs: Any) -> None:
         self._queue = queue
@@ -125,7 +111,6 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
         self._recent: deque[int] = deque(maxlen=RECENT_KEPT)  # finished job ids, oldest first
         self._clocks: dict[int, StepClock] = {}
         self._handles: dict[int, Job] = {}  # of the jobs on show
-        self._notice: str | None = None
         self._load()
         self.header_html = w.HTML()
         self.pause_button = w.Button(description="Pause", icon="pause")
@@ -215,13 +200,12 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
     def refresh(self) -> None:
         """Redraw now (the board also does it by itself)."""
         q = self._queue
-        closed = queue_closed(q)
-        head, queued = queued_head(q, self.max_queued)
+        closed = q.closed
+        head, queued = q.head(self.max_queued), q.queued_count()
         running = sorted(self._running)
         recent = list(self._recent)[::-1][: self.max_recent]
         shown = {i: self._job(i, closed) for i in {*head, *running, *recent}}
         self._handles = {i: j for i, j in shown.items() if j is not None}
-        state = "closed" if closed else "paused" if q.paused else "running"
         notice = f"<br><span style='color:#c62828'>{html.escape(self._notice)}</span>" if self._notice else ""
         rows = [
             QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority)
@@ -231,9 +215,11 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
         recent_jobs = [self._handles[i] for i in recent if i in self._handles]
         self._grow(len(running_jobs), len(recent_jobs))
         with hold_all(self._synced()):
-            assign(self.header_html, value=block(f"<b>ImageQueue</b> · {state} · {counts_html(self._counts)}{notice}"))
+            assign(
+                self.header_html, value=block(f"<b>ImageQueue</b> · {q.state} · {counts_html(self._counts)}{notice}")
+            )
             assign(self.pause_button, disabled=closed or q.paused)
-            assign(self.resume_button, disabled=closed or not q.paused)
+            assign(self.resume_button, disabled=closed or (q.started and not q.paused))
             for row, job in zip(self._rows, running_jobs, strict=False):
                 row.show(job, self._clocks.get(job.id))
             assign(self.running_box, children=tuple(r.box for r in self._rows[: len(running_jobs)]))
@@ -242,7 +228,7 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
                 tile.show(job)
             assign(self.recent_box, children=tuple(t.box for t in self._tiles[: len(recent_jobs)]))
         if not closed:
-            self._live.tick(1.0)  # clocks, and pause() or resume() called from code, show within a second
+            self.live.tick(1.0)  # clocks, and pause() or resume() called from code, show within a second
 
     def _grow(self, rows: int, tiles: int) -> None:
         self._rows += [_RunningRow() for _ in range(rows - len(self._rows))]
@@ -253,22 +239,12 @@ class QueueBoard(w.VBox):  # type: ignore[misc]
         return [*self._fixed, *(x for part in parts for x in part.widgets)]
 
     def _resume(self) -> None:
+        """Resume button: resume a paused queue, and start one made with ``start=False``."""
         self._queue.resume()
-        if self._queue.paused:  # never started (ImageQueue(..., start=False)): start it
+        if not self._queue.started:
             self._queue.start()
-
-    def _act(self, action: Callable[[], object]) -> None:
-        self._notice = try_action(action)
-        self._live.mark()
 
     def close(self) -> None:
         """Stop following the queue and close the board and every widget in it, shown or not."""
-        live = getattr(self, "_live", None)
-        if live is not None:
-            live.stop()
         parts: list[_RunningRow | _Tile] = [*getattr(self, "_rows", []), *getattr(self, "_tiles", [])]
-        children, layout = self.children, self.layout
-        super().close()
-        layout.close()
-        for widget in [*children, *(part.box for part in parts)]:
-            close_tree(widget)
+        self._close_all(part.box for part in parts)

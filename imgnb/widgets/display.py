@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.states import JobStatus
 from .format import QueuedRow, counts_html, job_view, queued_html
-from .live import queue_closed, queued_head
 from .thumbs import THUMBNAIL_SIZE, thumbnail_uri
 
 if TYPE_CHECKING:
@@ -97,24 +96,20 @@ def job_html(job: Job) -> str:
     return f'<div class="imgnb-job" style="{style}">{image}<div>{text}</div></div>'
 
 
-def _state(queue: ImageQueue) -> str:
-    return "closed" if queue_closed(queue) else "paused" if queue.paused else "running"
-
-
 def queue_plain(queue: ImageQueue) -> str:
     counts = queue.counts()
     parts = [f"{n:,} {status}" for status, n in counts.items() if n]
-    return f"<ImageQueue {_state(queue)}: {', '.join(parts) or 'no jobs'}>"
+    return f"<ImageQueue {queue.state}: {', '.join(parts) or 'no jobs'}>"
 
 
 def queue_html(queue: ImageQueue) -> str:
     """Counts per status and the head of the queue."""
-    head, queued = queued_head(queue, STATIC_QUEUED)
-    jobs = [queue.get(i) for i in head] if not queue_closed(queue) else []
+    head, queued = queue.head(STATIC_QUEUED), queue.queued_count()
+    jobs = [queue.get(i) for i in head] if not queue.closed else []
     rows = [QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority) for k, j in enumerate(jobs)]
     return (
         f'<div class="imgnb-queue" style="{_BOX};max-width:900px">'
-        f"<div><b>ImageQueue</b> · {_state(queue)} · {counts_html(queue.counts())}</div>"
+        f"<div><b>ImageQueue</b> · {queue.state} · {counts_html(queue.counts())}</div>"
         f"{queued_html(rows, queued - len(rows))}</div>"
     )
 

@@ -9,16 +9,15 @@ redrawing at most ten times a second, and only the traits that changed are sent.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
-from traitlets import Float, Int, TraitError, observe, validate
+from traitlets import Int, TraitError, observe, validate
 
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from .format import JobView, StepClock, block, job_view
-from .live import LiveUpdates, assign, close_tree, hold_all, try_action
+from .live import LiveBox, LiveUpdates, assign, hold_all, set_bar
 from .thumbs import THUMBNAIL_SIZE, thumbnail_png
 
 if TYPE_CHECKING:
@@ -31,19 +30,12 @@ def _shown(flag: bool) -> str:
     return "" if flag else "none"
 
 
-class JobCard(w.VBox):  # type: ignore[misc]
+class JobCard(LiveBox):
     """A live card for one ``Job``: ``JobCard(job)``, or ``job.widget()``, or ``job`` alone in a cell."""
 
     _thumb_of: str | None  # the image path the thumbnail shows
 
-    interval = Float(0.1, help="Least seconds between two redraws (0.1: ten per second at most).")
     thumbnail_size = Int(THUMBNAIL_SIZE, help="Largest side of the thumbnail, in pixels.")
-
-    @validate("interval")
-    def _valid_interval(self, proposal: dict[str, Any]) -> float:
-        if not proposal["value"] > 0:
-            raise TraitError(f"interval={proposal['value']!r} is invalid; allowed: seconds > 0")
-        return float(proposal["value"])
 
     @validate("thumbnail_size")
     def _valid_size(self, proposal: dict[str, Any]) -> int:
@@ -51,18 +43,15 @@ class JobCard(w.VBox):  # type: ignore[misc]
             raise TraitError(f"thumbnail_size={proposal['value']!r} is invalid; allowed: 16 to 1024 pixels")
         return int(proposal["value"])
 
-    @observe("interval", "thumbnail_size")
-    def _settings_changed(self, change: dict[str, Any]) -> None:
-        live: LiveUpdates | None = getattr(self, "_live", None)  # None while the constructor runs
-        if live is not None:
-            live.interval = self.interval
+    @observe("thumbnail_size")
+    def _size_changed(self, change: dict[str, Any]) -> None:
+        if self._live is not None:
             self._thumb_of = None
-            live.mark()
+            self._live.mark()
 
     def __init__(self, job: Job, **kwargs: Any) -> None:
         self._job = job
         self._clock = StepClock()
-        self._notice: str | None = None
         self._final_sent = job.status.is_final  # a card opened on a finished job starts final
         self._thumb_of: str | None = None
         view = self._view()
@@ -106,7 +95,7 @@ class JobCard(w.VBox):  # type: ignore[misc]
         ]
         self._containers = [row, text, buttons]
         self._set_thumbnail(view)
-        self._live = LiveUpdates(job._queue, wants=self._wants, redraw=self.refresh, interval=self.interval)
+        self._live = LiveUpdates(job.queue, wants=self._wants, redraw=self.refresh, interval=self.interval)
         self._after_refresh(job.status)
 
     @property
@@ -145,11 +134,7 @@ class JobCard(w.VBox):  # type: ignore[misc]
         with hold_all(self._synced):
             assign(self.title_html, value=view.title)
             assign(self.status_html, value=self._status(view))
-            if view.bar_max >= bar.value:  # keep value <= max at every step, or the trait clamps it
-                assign(bar, max=view.bar_max, value=view.bar_value)
-            else:
-                assign(bar, value=view.bar_value, max=view.bar_max)
-            assign(bar, description=view.bar_text, bar_style=view.bar_style)
+            set_bar(bar, value=view.bar_value, max=view.bar_max, description=view.bar_text, bar_style=view.bar_style)
             assign(self.error_html, value=block(view.error))
             assign(self.error_html.layout, display=_shown(bool(view.error)))
             assign(self.cancel_button, disabled=not view.can_cancel)
@@ -174,23 +159,12 @@ class JobCard(w.VBox):  # type: ignore[misc]
                 for widget in [self, *self._containers, *self._synced]:
                     widget.send_state()
             if status is JobStatus.COMPLETE:
-                self._live.unsubscribe()  # nothing can happen to a complete job any more
+                self.live.unsubscribe()  # nothing can happen to a complete job any more
         else:
             self._final_sent = False
             if status in (JobStatus.PROCESSING, JobStatus.PENDING):
-                self._live.tick(1.0)  # elapsed time, ETA and the retry countdown move without events
-
-    def _act(self, action: Callable[[], object]) -> None:
-        self._notice = try_action(action)
-        self._live.mark()
+                self.live.tick(1.0)  # elapsed time, ETA and the retry countdown move without events
 
     def close(self) -> None:
         """Stop following the queue and close the card and every widget in it."""
-        live = getattr(self, "_live", None)
-        if live is not None:
-            live.stop()
-        children, layout = self.children, self.layout
-        super().close()
-        layout.close()
-        for child in children:
-            close_tree(child)
+        self._close_all()

@@ -5,8 +5,8 @@ long queue moves), and every widget message costs the kernel and the browser. ``
 turns any number of events into at most one redraw per ``interval`` (0.1 s: ten per second),
 always on the queue's event loop, which in Jupyter is the kernel's: widgets are touched only there.
 
-This module is also the one place where the widgets reach past ``ImageQueue``'s public API (its
-loop, and the run order it already keeps): both are read here, nowhere else.
+``LiveBox`` is the base of the card and the board: the redraw rate, the buttons' error notice and
+closing every widget inside.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import ipywidgets as w
+from traitlets import Float, TraitError, observe, validate
+
 from ..core.records import JobEvent
 from ..errors import ImgnbError
 
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     from ..queue import ImageQueue
     from ..queue.loop import QueueLoop
 
-__all__ = ["LiveUpdates", "assign", "close_tree", "hold_all", "queue_closed", "queued_head", "try_action"]
+__all__ = ["LiveBox", "LiveUpdates", "assign", "close_tree", "hold_all", "set_bar", "try_action"]
 
 log = logging.getLogger("imgnb")
 
@@ -55,7 +58,7 @@ class LiveUpdates:
         redraw: Callable[[], None],
         interval: float,
     ) -> None:
-        self._qloop: QueueLoop = queue._loop  # the kernel's loop in Jupyter, the queue's own thread elsewhere
+        self._qloop: QueueLoop = queue.loop  # the kernel's loop in Jupyter, the queue's own thread elsewhere
         self._wants = wants
         self._redraw = redraw
         self.interval = interval
@@ -154,16 +157,53 @@ def close_tree(widget: Any) -> None:
     widget.close()
 
 
-def queued_head(queue: ImageQueue, n: int) -> tuple[list[int], int]:
-    """The ids of the first ``n`` queued jobs in run order, and how many are queued in all.
-
-    Read from the run order the queue keeps in memory (a slice of a sorted list), not from the
-    database: a board redraws often and a queue may hold 100,000 jobs.
-    """
-    view = queue._view
-    with view.lock:
-        return view.index.head(n), len(view.index)
+def set_bar(bar: w.IntProgress, *, value: int, max: int, description: str, bar_style: str) -> None:
+    """Move a progress bar, keeping value <= max at every step (or the trait clamps the value)."""
+    if max >= bar.value:
+        assign(bar, max=max, value=value)
+    else:
+        assign(bar, value=value, max=max)
+    assign(bar, description=description, bar_style=bar_style)
 
 
-def queue_closed(queue: ImageQueue) -> bool:
-    return bool(queue._closed)
+class LiveBox(w.VBox):  # type: ignore[misc]
+    """A box that follows a queue: subclasses set ``self._live`` and implement ``refresh()``."""
+
+    interval = Float(0.1, help="Least seconds between two redraws (0.1: ten per second at most).")
+
+    _live: LiveUpdates | None = None  # None while the constructor runs
+    _notice: str | None = None  # why the last button press was refused, shown until the next one
+
+    @validate("interval")
+    def _valid_interval(self, proposal: dict[str, Any]) -> float:
+        if not proposal["value"] > 0:
+            raise TraitError(f"interval={proposal['value']!r} is invalid; allowed: seconds > 0")
+        return float(proposal["value"])
+
+    @observe("interval")
+    def _interval_changed(self, change: dict[str, Any]) -> None:
+        if self._live is not None:
+            self._live.interval = self.interval
+            self._live.mark()
+
+    @property
+    def live(self) -> LiveUpdates:
+        """How this widget follows its queue: events wanted, redraws made, a redraw pending."""
+        assert self._live is not None, "used before the constructor finished"
+        return self._live
+
+    def _act(self, action: Callable[[], object]) -> None:
+        """A button's action: show why imgnb refused it, if it did, and redraw."""
+        self._notice = try_action(action)
+        if self._live is not None:
+            self._live.mark()
+
+    def _close_all(self, extra: Iterable[Any] = ()) -> None:
+        """Stop following the queue and close this box, every widget in it and ``extra`` ones."""
+        if self._live is not None:
+            self._live.stop()
+        children, layout = self.children, self.layout
+        super().close()
+        layout.close()
+        for widget in [*children, *extra]:
+            close_tree(widget)

@@ -1,4 +1,4 @@
-"""Fake generators for tests, notebooks and benchmarks: no torch, predictable, fail on demand.
+"""A fake generator for tests, notebooks and benchmarks: no torch, predictable, fails on demand.
 
 ``FakeGenerator`` makes one small solid-colour image per job (the colour comes from the seed, so
 results are reproducible), sleeps ``step_time`` per step, and fails when a prompt or parameter says
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from .core.records import GenerationRequest
-from .core.validation import invalid
-from .gen.base import OnStep
+from ..core.records import GenerationRequest
+from ..core.validation import invalid
+from ..gen.base import OnStep
 
 __all__ = ["FakeGenerator", "TransientError"]
 
@@ -70,6 +70,3 @@ class FakeGenerator:
             raise TransientError(f"failing run {run} on purpose")
         colour = (request.seed % 251, (request.seed // 251) % 251, len(request.prompt) % 251)
         return [Image.new("RGB", (self.size, self.size), colour)]
-
-    def runs_of(self, job_id: int) -> int:
-        return self._runs.get(job_id, 0)

@@ -1,0 +1,154 @@
+"""``QueueMirror``: what this process knows of the database's jobs. It keeps the run order of the
+queued jobs (for positions), each job's last seen revision and status, and the live state behind
+the ``Job`` handles, and turns stored records into events.
+
+Records arrive twice (once from this process's own write, once when the database is read for other
+processes' changes) and sometimes late; ``apply`` keeps only the newest revision of each job and
+reports a change once. Position events are sent for the first ``POSITION_EVENT_WINDOW`` places, so a
+100,000-job queue does not send 100,000 events each time its head moves; every job's ``position``
+can still be read at any time.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from ..core.ordering import OrderIndex, OrderKey
+from ..core.records import EventKind, JobEvent, JobRecord
+from ..core.states import JobStatus
+from .job import JobState
+
+__all__ = ["POSITION_EVENT_WINDOW", "QueueMirror"]
+
+POSITION_EVENT_WINDOW = 1000
+
+
+class _Seen(NamedTuple):
+    revision: int
+    status: JobStatus
+    progress: float
+
+
+class QueueMirror:
+    def __init__(self, revision: int, queued: Iterable[tuple[int, OrderKey]]) -> None:
+        queued = list(queued)
+        self._lock = threading.RLock()
+        self._index = OrderIndex(queued)
+        self.revision = revision  # the database revision this mirror has caught up with
+        self._seen: dict[int, _Seen] = {job_id: _Seen(revision, JobStatus.QUEUED, 0.0) for job_id, _ in queued}
+        self._states: weakref.WeakValueDictionary[int, JobState] = weakref.WeakValueDictionary()
+
+    # -- reading (any thread) -------------------------------------------------------------------
+
+    def position(self, job_id: int) -> int | None:
+        with self._lock:
+            return self._index.position(job_id)
+
+    def head(self, n: int) -> list[int]:
+        """The ids of the first ``n`` queued jobs in run order."""
+        with self._lock:
+            return self._index.head(n)
+
+    def queued_count(self) -> int:
+        with self._lock:
+            return len(self._index)
+
+    def record_of(self, job_id: int) -> JobRecord | None:
+        """The newest record of a job that has a live handle, else None."""
+        state = self._states.get(job_id)
+        return None if state is None else state.record
+
+    def state(self, record: JobRecord) -> JobState:
+        """The one live state of a job (made if none is alive), brought up to ``record``."""
+        with self._lock:
+            state = self._states.get(record.id)
+            if state is None:
+                state = self._states[record.id] = JobState(record)
+            elif state.record.revision < record.revision:
+                state.record = record
+            return state
+
+    def is_stale(self, record: JobRecord) -> bool:
+        """True when a newer version of the job was applied than ``record`` (a handle made from a
+        record read just before a worker changed the job)."""
+        seen = self._seen.get(record.id)
+        return seen is not None and seen.revision > record.revision
+
+    # -- catching up ----------------------------------------------------------------------------
+
+    def advance_past_own_write(self, written: list[JobRecord]) -> None:
+        """Records that one write of this process returned: when that write is the very next
+        revision, the mirror is current up to it without reading the rows back."""
+        with self._lock:
+            revisions = {r.revision for r in written}
+            if len(revisions) == 1 and (revision := revisions.pop()) == self.revision + 1:
+                self.revision = revision
+
+    def advance_to(self, revision: int) -> None:
+        """Every change up to ``revision`` has been applied (read from the database)."""
+        with self._lock:
+            self.revision = max(self.revision, revision)
+
+    def apply(self, records: Iterable[JobRecord], *, emit: bool) -> tuple[list[JobEvent], list[JobState]]:
+        """Take in newer records. Returns the events they amount to (none unless ``emit``) and the
+        live states they changed, which the caller settles once the events are delivered, so that a
+        waiter never wakes before the events of the change that woke it."""
+        with self._lock:
+            before = self._window() if emit else {}
+            changed: list[tuple[JobRecord, EventKind]] = []
+            touched: list[JobState] = []
+            for record in records:
+                seen = self._seen.get(record.id)
+                if seen is not None and seen.revision >= record.revision:
+                    continue
+                self._seen[record.id] = _Seen(record.revision, record.status, record.progress)
+                if record.status is JobStatus.QUEUED:
+                    self._index.put(record.id, record.order_key)
+                else:
+                    self._index.discard(record.id)
+                state = self._states.get(record.id)
+                if state is not None and state.record.revision < record.revision:
+                    state.record = record
+                    touched.append(state)
+                if not emit:
+                    continue
+                if seen is None or seen.status is not record.status:
+                    changed.append((record, EventKind.STATUS))
+                elif seen.progress != record.progress:
+                    changed.append((record, EventKind.PROGRESS))
+            events = [
+                JobEvent(
+                    kind=kind,
+                    job_id=r.id,
+                    status=r.status,
+                    position=self._index.position(r.id),
+                    progress=r.progress,
+                    error=r.error,
+                )
+                for r, kind in changed
+            ]
+            if emit:
+                reported = {r.id for r, _ in changed}
+                after = self._window()
+                for job_id, position in after.items():
+                    if before.get(job_id, position) != position and job_id not in reported:
+                        events.append(self._position_event(job_id, position))
+            return events, touched
+
+    def _window(self) -> dict[int, int]:
+        return {job_id: i + 1 for i, job_id in enumerate(self._index.head(POSITION_EVENT_WINDOW))}
+
+    def _position_event(self, job_id: int, position: int) -> JobEvent:
+        seen = self._seen[job_id]
+        record = self.record_of(job_id)
+        return JobEvent(
+            kind=EventKind.POSITION,
+            job_id=job_id,
+            status=seen.status,
+            position=position,
+            progress=seen.progress,
+            error=record.error if record is not None else None,
+        )

@@ -1,0 +1,325 @@
+"""``MemoryStore``: the ``Store`` interface held in one process's memory.
+
+It passes the same contract tests as ``SQLStore`` on SQLite and PostgreSQL, which is what shows
+that ``Store`` is an interface and not a description of one SQL schema. It is also a fast store
+for tests of the queue that need no database. Nothing survives the process, and two queues share
+it only when they are given the same object.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..core.merge import merge_patch
+from ..core.ordering import OrderKey
+from ..core.records import JobRecord, JobSpec
+from ..core.retry import has_runs_left
+from ..core.states import JobStatus, check_transition
+from ..errors import JobNotFound
+from ..store import Store
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Jobs, device locks and leases in a dict, behind one lock (every call is one transaction)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._jobs: dict[int, JobRecord] = {}
+        self._batch_keys: dict[int, str | None] = {}
+        self._devices: dict[str, tuple[str | None, float | None]] = {}  # name -> (owner, lease_until)
+        self._revision = 0
+        self._next_seq = 0
+        self._next_id = 1
+        self._images_dir = Path(tempfile.gettempdir()) / f"imgnb-memory-{id(self):x}"
+
+    def __repr__(self) -> str:
+        return "MemoryStore()"
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _bump(self) -> int:
+        self._revision += 1
+        return self._revision
+
+    def _one(self, job_id: int) -> JobRecord:
+        record = self._jobs.get(job_id)
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return record
+
+    def _put(self, record: JobRecord, **values: Any) -> JobRecord:
+        updated = replace(record, **values)
+        self._jobs[record.id] = updated
+        return updated
+
+    def _take_seq(self, n: int) -> int:
+        first = self._next_seq
+        self._next_seq += n
+        return first
+
+    def _where(self, test: Callable[[JobRecord], bool]) -> list[JobRecord]:
+        return [r for r in self._jobs.values() if test(r)]
+
+    # -- Store ----------------------------------------------------------------------------------
+
+    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> list[JobRecord]:
+        if not specs:
+            return []
+        with self._lock:
+            rev = self._bump()
+            first = self._take_seq(len(specs))
+            added = []
+            for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True)):
+                record = JobRecord(
+                    id=self._next_id,
+                    seq=first + i,
+                    status=JobStatus.QUEUED,
+                    priority=spec.priority,
+                    group=spec.group,
+                    prompt=spec.prompt,
+                    params=copy.deepcopy(spec.params),
+                    seed=spec.seed,
+                    metadata=copy.deepcopy(spec.metadata),
+                    timeout=spec.timeout,
+                    max_retries=spec.max_retries,
+                    created_at=now,
+                    updated_at=now,
+                    run_at=now,
+                    revision=rev,
+                )
+                self._jobs[record.id] = record
+                self._batch_keys[record.id] = key
+                self._next_id += 1
+                added.append(record)
+            return added
+
+    def get(self, job_id: int) -> JobRecord:
+        with self._lock:
+            return self._one(job_id)
+
+    def list_jobs(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
+        with self._lock:
+            found = self._where(
+                lambda r: (status is None or r.status is JobStatus(status)) and (group is None or r.group == group)
+            )
+        if status is JobStatus.QUEUED:
+            return sorted(found, key=lambda r: (r.order_key, r.id))
+        return sorted(found, key=lambda r: r.id)
+
+    def counts(self) -> dict[JobStatus, int]:
+        with self._lock:
+            counts = dict.fromkeys(JobStatus, 0)
+            for record in self._jobs.values():
+                counts[record.status] += 1
+            return counts
+
+    def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
+        with self._lock:
+            return self._revision, [(r.id, r.order_key) for r in self._jobs.values() if r.status is JobStatus.QUEUED]
+
+    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
+        with self._lock:
+            changed = sorted(self._where(lambda r: r.revision > revision), key=lambda r: (r.revision, r.id))
+            return self._revision, changed
+
+    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+        with self._lock:
+            holder, until = self._devices.get(device, (None, None))
+            if holder not in (None, owner) and until is not None and until >= now:
+                return []
+            queued = sorted(self._where(lambda r: r.status is JobStatus.QUEUED), key=lambda r: r.order_key)
+            if not queued:
+                return []
+            head = queued[0]
+            key = self._batch_keys.get(head.id)
+            chosen = [head]
+            if batch_size > 1 and key is not None and head.attempts == 0:
+                mates = [r for r in queued[1:] if self._batch_keys.get(r.id) == key and r.attempts == 0]
+                chosen += mates[: batch_size - 1]
+            rev = self._bump()
+            self._devices[device] = (owner, now + lease)
+            label = f"{device}#{head.id}" if len(chosen) > 1 else None
+            return [
+                self._put(
+                    r,
+                    status=JobStatus.PROCESSING,
+                    owner=owner,
+                    device=device,
+                    lease_until=now + lease,
+                    attempts=r.attempts + 1,
+                    started_at=now,
+                    updated_at=now,
+                    progress=0.0,
+                    cancel_requested=False,
+                    batch=label,
+                    revision=rev,
+                )
+                for r in chosen
+            ]
+
+    def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:
+        with self._lock:
+            self._bump()
+            if self._devices.get(device, (None, None))[0] == owner:
+                self._devices[device] = (owner, now + lease)
+            asked = set()
+            for job_id in job_ids:
+                record = self._jobs.get(job_id)
+                if record is not None and record.owner == owner and record.status is JobStatus.PROCESSING:
+                    self._put(record, lease_until=now + lease)
+                    if record.cancel_requested:
+                        asked.add(job_id)
+            return asked
+
+    def release_device(self, *, owner: str, device: str) -> None:
+        with self._lock:
+            self._bump()
+            if self._devices.get(device, (None, None))[0] == owner:
+                self._devices[device] = (None, None)
+
+    def _running(self, job_id: int, owner: str) -> JobRecord | None:
+        record = self._jobs.get(job_id)
+        if record is None or record.owner != owner or record.status is not JobStatus.PROCESSING:
+            return None
+        return record
+
+    def set_progress(self, job_id: int, *, owner: str, progress: float, now: float) -> None:
+        with self._lock:
+            rev = self._bump()
+            record = self._running(job_id, owner)
+            if record is not None:
+                self._put(record, progress=progress, updated_at=now, revision=rev)
+
+    def finish(
+        self,
+        job_id: int,
+        *,
+        owner: str,
+        status: JobStatus,
+        now: float,
+        error: str | None = None,
+        images: Sequence[str] = (),
+        run_at: float | None = None,
+    ) -> JobRecord | None:
+        check_transition(JobStatus.PROCESSING, status)
+        final = status is not JobStatus.PENDING
+        with self._lock:
+            rev = self._bump()
+            record = self._running(job_id, owner)
+            if record is None:
+                return None
+            progress = 1.0 if status is JobStatus.COMPLETE else record.progress if final else 0.0
+            return self._put(
+                record,
+                status=status,
+                updated_at=now,
+                lease_until=None,
+                error=error,
+                run_at=record.run_at if final else (now if run_at is None else run_at),
+                finished_at=now if final else None,
+                images=tuple(images),
+                progress=progress,
+                revision=rev,
+            )
+
+    def cancel(self, job_id: int, *, now: float) -> JobRecord:
+        with self._lock:
+            current = self._one(job_id)
+            if current.status is JobStatus.PROCESSING:
+                values: dict[str, Any] = {"cancel_requested": True}
+            else:
+                check_transition(current.status, JobStatus.CANCELLED)
+                values = {"status": JobStatus.CANCELLED, "finished_at": now, "error": None}
+            return self._put(current, updated_at=now, revision=self._bump(), **values)
+
+    def requeue(self, job_id: int, *, now: float) -> JobRecord:
+        with self._lock:
+            current = self._one(job_id)
+            check_transition(current.status, JobStatus.QUEUED)
+            return self._put(
+                current,
+                status=JobStatus.QUEUED,
+                seq=self._take_seq(1),
+                attempts=0,
+                error=None,
+                progress=0.0,
+                images=(),
+                started_at=None,
+                finished_at=None,
+                run_at=now,
+                owner=None,
+                device=None,
+                batch=None,
+                cancel_requested=False,
+                updated_at=now,
+                revision=self._bump(),
+            )
+
+    def promote_due(self, *, now: float) -> list[JobRecord]:
+        with self._lock:
+            due = self._where(lambda r: r.status is JobStatus.PENDING and r.run_at <= now)
+            if not due:
+                return []
+            rev = self._bump()
+            return [self._put(r, status=JobStatus.QUEUED, updated_at=now, revision=rev) for r in due]
+
+    def recover_stalled(self, *, now: float) -> list[JobRecord]:
+        with self._lock:
+            stalled = self._where(
+                lambda r: r.status is JobStatus.PROCESSING and r.lease_until is not None and r.lease_until < now
+            )
+            if not stalled:
+                return []
+            rev = self._bump()
+            recovered = []
+            for lost in stalled:
+                why = f"its worker {lost.owner} stopped responding during attempt {lost.attempts}"
+                values: dict[str, Any] = (
+                    {"status": JobStatus.QUEUED, "error": f"{why}; re-queued"}
+                    if has_runs_left(attempts=lost.attempts, max_retries=lost.max_retries)
+                    else {"status": JobStatus.ERROR, "error": f"{why}; no retries left", "finished_at": now}
+                )
+                recovered.append(
+                    self._put(lost, lease_until=None, progress=0.0, updated_at=now, revision=rev, **values)
+                )
+            return recovered
+
+    def abandon(self, *, owner: str, now: float) -> list[JobRecord]:
+        with self._lock:
+            rev = self._bump()
+            for name, (holder, _) in list(self._devices.items()):
+                if holder == owner:
+                    self._devices[name] = (None, None)
+            held = self._where(lambda r: r.owner == owner and r.status is JobStatus.PROCESSING)
+            return [
+                self._put(
+                    r,
+                    status=JobStatus.QUEUED,
+                    attempts=r.attempts - 1,
+                    lease_until=None,
+                    progress=0.0,
+                    started_at=None,
+                    updated_at=now,
+                    revision=rev,
+                )
+                for r in held
+            ]
+
+    def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
+        with self._lock:
+            current = self._one(job_id)
+            return self._put(current, metadata=merge_patch(current.metadata, patch), revision=self._bump())
+
+    def default_images_dir(self) -> Path:
+        return self._images_dir
+
+    def close(self) -> None:
+        """Nothing to release: the jobs live as long as this object."""
