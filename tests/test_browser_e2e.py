@@ -3,7 +3,8 @@
 A notebook submits three jobs and shows their cards: positions 1, 2, 3 render; they move up as the
 first completes; the failing one shows its error while the next starts. Then the kernel restarts,
 the page reloads, the cell that opens the queue runs again, and the positions come back from the
-database. Screenshots land in the test's temporary folder.
+database: the job that was running when the kernel went is back in the queue (not shown running),
+first in line, its interrupted run not counted. Screenshots land in the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ CELLS = [
     "q.start()",
     "q.pause()\nlater = q.submit_batch([{'prompt': f'later {i}'} for i in range(3)])\nlater[2]",
     "print('positions:', [j.position for j in q.jobs(status='queued')])",
+    "print('next to run:', q.jobs(status='queued')[0].prompt, '| attempts', q.jobs(status='queued')[0].attempts)",
 ]
 
 
@@ -69,11 +71,15 @@ def test_positions_progress_errors_and_restart_in_jupyterlab(lab: LabPage) -> No
     lab.reload()
     lab.run_cell(0)  # the cell that opens the queue: the board is rebuilt from the database
     board = output(0)
-    expect(board).to_contain_text("3 queued", timeout=30_000)
-    for name in ("later 0", "later 1", "later 2"):
+    # the owl was running when the kernel went: handed back to the head of the queue, not running
+    expect(board).to_contain_text("4 queued", timeout=30_000)
+    expect(board).to_contain_text("0 processing")
+    for name in ("a green owl", "later 0", "later 1", "later 2"):
         expect(board).to_contain_text(name)
     lab.run_cell(6)
-    expect(output(6)).to_contain_text("positions: [1, 2, 3]")
+    expect(output(6)).to_contain_text("positions: [1, 2, 3, 4]")
+    lab.run_cell(7)
+    expect(output(7)).to_contain_text("next to run: a green owl | attempts 0")
     lab.screenshot("5-after-restart")
 
 

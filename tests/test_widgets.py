@@ -166,6 +166,26 @@ NOW = 2000.0
             None,
             {"timing": "elapsed 10 s · about 30 s left", "bar_value": 5, "bar_max": 20},
         ),
+        # its worker died (lease ran out, another host): said so, no ETA, a still bar
+        (
+            {
+                "status": JobStatus.PROCESSING,
+                "attempts": 1,
+                "started_at": NOW - 10,
+                "progress": 0.4,
+                "lease_until": NOW - 1,
+            },
+            None,
+            None,
+            None,
+            {
+                "state": "worker stopped responding · re-queued at its place soon",
+                "timing": "",
+                "bar_text": "stalled",
+                "bar_style": "warning",
+                "bar_value": 40,
+            },
+        ),
         # cancel asked while running: no second Cancel
         (
             {"status": JobStatus.PROCESSING, "cancel_requested": True, "started_at": NOW},

@@ -9,18 +9,18 @@ processes' changes) runs on the loop, its SQL in one database thread.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import os
-import socket
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core.leases import LeasePolicy
+from ..core.owners import dead_on_host
 from ..core.records import EventKind, GenerationRequest, JobEvent, JobRecord, JobSpec
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
@@ -30,14 +30,27 @@ from ..gen.base import BatchGenerator, Generator, ParamsChecker
 from ..store import SQLStore, Store
 from .events import EventBus, Subscriber
 from .job import Job, JobState
-from .loop import QueueLoop, keep_running
+from .loop import DaemonExecutor, QueueLoop, keep_running
 from .mirror import QueueMirror
+from .processes import alive, host_name, new_owner
 from .worker import DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
     from ..widgets import QueueBoard
 
 __all__ = ["ImageQueue"]
+
+_OPEN: weakref.WeakSet[ImageQueue] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_queues() -> None:
+    """A process that ends normally (a script's end, ``sys.exit()``, a kernel restart or shutdown)
+    hands its running jobs back to their place, uncounted, as ``close()`` does."""
+    for queue in list(_OPEN):
+        with contextlib.suppress(Exception):  # one queue's trouble must not keep the others' jobs
+            queue.close()
+
 
 T = TypeVar("T")
 _BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
@@ -93,7 +106,8 @@ class ImageQueue:
         generators = _generators(generator, pipeline)
         self.retry_policy = retry_policy or RetryPolicy()
         self.lease_policy = lease or LeasePolicy()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.host = host_name()
+        self.owner = str(new_owner())  # host:pid:process start:token, so same-host death is seen at once
         self.store: Store = store or SQLStore(os.fspath(db))
         self.images_dir = Path(images_dir) if images_dir is not None else self.store.default_images_dir()
         self._check_params: ParamsValidator | None = next(
@@ -101,12 +115,15 @@ class ImageQueue:
         )
         self._batch_key = next((g.batch_key for g in generators.values() if isinstance(g, BatchGenerator)), None)
         self._batching = batch_size > 1
+        # A queue of this host that died (killed, crashed) left its jobs processing: take them back
+        # now, before the first claim, so the interrupted job is the next to run at its old place.
+        self._recover_dead_owners()
         self._mirror = QueueMirror(*self.store.queued_snapshot())
         self._handles: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
         self._steps: dict[int, tuple[int, int]] = {}
         self._loop = QueueLoop()
         self._bus = EventBus()
-        self._db_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="imgnb-db")
+        self._db_executor = DaemonExecutor("imgnb-db")
         self._closed = False
         self._started = False
         self._paused = False
@@ -126,11 +143,11 @@ class ImageQueue:
             may_claim=lambda: self._started and not self._paused,
             wait_for_work=self._idle,
         )
-        host = socket.gethostname()
         self._workers = [
-            DeviceWorker(context, device=d, lock_name=f"{host}/{d}", generator=g, batch_size=batch_size)
+            DeviceWorker(context, device=d, lock_name=f"{self.host}/{d}", generator=g, batch_size=batch_size)
             for d, g in generators.items()
         ]
+        _OPEN.add(self)
         self._run_on_loop(self._start_background)
         if start:
             self.start()
@@ -212,6 +229,7 @@ class ImageQueue:
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         for worker in self._workers:
             self._loop.call(worker.shutdown)
         self._db_executor.shutdown(wait=True)
@@ -455,6 +473,12 @@ class ImageQueue:
             )
         self._bus.deliver(events)
 
+    def _recover_dead_owners(self) -> list[JobRecord]:
+        """Hand back at once what dead processes of this host held (no lease wait: we can see they
+        are gone). Other hosts' holders are left to their leases."""
+        dead = dead_on_host(self.store.holders(), host=self.host, alive=alive)
+        return self.store.recover_owners(dead, now=time.time()) if dead else []
+
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call in the database thread."""
         if self._closed:
@@ -495,6 +519,7 @@ class ImageQueue:
         if self._started and not self._closed and time.monotonic() >= self._next_recovery:
             self._next_recovery = time.monotonic() + self.lease_policy.heartbeat
             recovered = await self._db(self.store.recover_stalled, now=time.time())
+            recovered += await self._db(self._recover_dead_owners)
             if recovered:
                 self._publish_written(recovered)
                 self._wake()

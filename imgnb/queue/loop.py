@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..errors import QueueClosed
 
-__all__ = ["QueueLoop", "keep_running"]
+__all__ = ["DaemonExecutor", "QueueLoop", "keep_running"]
 
 log = logging.getLogger("imgnb")
 
@@ -109,3 +110,48 @@ async def keep_running(step: Callable[[], Awaitable[object]], *, name: str, retr
         except Exception:
             log.exception("imgnb: the %s failed; trying again in %g s", name, retry_after)
             await asyncio.sleep(retry_after)
+
+
+class DaemonExecutor(concurrent.futures.Executor):
+    """Runs submitted calls one at a time, in order, on one daemon thread.
+
+    Why not ``ThreadPoolExecutor``: the interpreter joins its threads at exit *before* any atexit
+    handler runs, so a script that ends while a job generates would wait for the whole generation
+    and then throw it away. A daemon thread never holds the exit back; the queue's own exit handler
+    hands the running job back to its place and the generation stops at its next step.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], Any, Any] | None]
+        self._calls = queue.SimpleQueue()
+        self._closed = False
+        self._cancel = False  # set by shutdown(cancel_futures=True): drop the calls not yet started
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        if self._closed:
+            raise RuntimeError(f"{self._thread.name} is shut down")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._calls.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more calls; those already taken run unless ``cancel_futures``."""
+        self._closed = True
+        self._cancel = cancel_futures
+        self._calls.put(None)
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args, kwargs = call
+            if self._cancel:
+                future.cancel()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # the caller gets it through the future
+                future.set_exception(exc)

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -30,7 +29,7 @@ from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
 from ..gen.base import BatchGenerator, Generator
 from ..store import Store
 from .files import save_images
-from .loop import keep_running
+from .loop import DaemonExecutor, keep_running
 
 __all__ = ["DeviceWorker", "WorkerContext"]
 
@@ -73,6 +72,13 @@ class _Run:
     persisted: tuple[int, int] | None = None  # the last step written to the database
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a generation's exception as seen: when close() cancels the task that waited for it,
+    nobody else will, and asyncio would print 'Future exception was never retrieved'."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _classify(exc: BaseException) -> FailureKind:
     if isinstance(exc, JobTimedOut):
         return FailureKind.TIMED_OUT
@@ -91,7 +97,7 @@ class DeviceWorker:
         self.generator = generator
         self.batch_size = batch_size if isinstance(generator, BatchGenerator) else 1
         self.runs: dict[int, _Run] = {}
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"imgnb-{device}")
+        self._executor = DaemonExecutor(f"imgnb-{device}")
         self._holding = False
         self._next_promotion = 0.0  # monotonic time of the next look for due retries
 
@@ -153,8 +159,11 @@ class DeviceWorker:
         ctx.publish(claimed)
         runs = {r.id: _Run(r, deadline(r.started_at or time.time(), r.timeout)) for r in claimed}
         self.runs = runs
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._generate, claimed, runs)
+        try:
+            future = asyncio.wrap_future(self._executor.submit(self._generate, claimed, runs))
+        except RuntimeError:  # shut down by close(), which hands the claimed jobs back itself
+            raise QueueClosed() from None
+        future.add_done_callback(_retrieve)
         next_beat = time.monotonic() + ctx.lease.heartbeat
         next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
         while not future.done():

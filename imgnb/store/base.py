@@ -8,7 +8,7 @@ returns the changed rows, so callers can apply exactly what was stored.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,16 @@ class Store(ABC):
     def recover_stalled(self, *, now: float) -> list[JobRecord]:
         """Jobs whose owner's lease ran out go back to their old place, or to error once their
         retries are spent."""
+
+    @abstractmethod
+    def holders(self) -> set[str]:
+        """Every owner that holds a device lock or a processing job."""
+
+    @abstractmethod
+    def recover_owners(self, owners: Collection[str], *, now: float) -> list[JobRecord]:
+        """Owners known to be dead (their process is gone): their processing jobs go back to their
+        old place, one attempt counted, or to error once their retries are spent, as with an
+        expired lease; their device locks are freed."""
 
     @abstractmethod
     def abandon(self, *, owner: str, now: float) -> list[JobRecord]:

@@ -9,7 +9,7 @@ seen every change up to N) and no two writers can deadlock on job and device row
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -364,7 +364,7 @@ class SQLStore(Store):
         return claimed
 
     def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:
-        with self._write() as (conn, _rev):
+        with self._write() as (conn, rev):
             conn.execute(
                 sa.update(device_lock)
                 .where(device_lock.c.name == device, device_lock.c.owner == owner)
@@ -374,8 +374,8 @@ class SQLStore(Store):
                 return set()
             rows = conn.execute(
                 sa.update(job)
-                .where(job.c.id.in_(list(job_ids)), job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
-                .values(lease_until=now + lease)
+                .where(job.c.id.in_(list(job_ids)), job.c.owner == owner, job.c.status == _PROCESSING)
+                .values(lease_until=now + lease, revision=rev)  # watchers see the lease move
                 .returning(job.c.id, job.c.cancel_requested)
             ).all()
             return {r.id for r in rows if r.cancel_requested}
@@ -473,25 +473,47 @@ class SQLStore(Store):
             return [_record(r) for r in rows]
 
     def recover_stalled(self, *, now: float) -> list[JobRecord]:
-        stalled = sa.and_(job.c.status == JobStatus.PROCESSING.value, job.c.lease_until < now)
+        stalled = sa.and_(job.c.status == _PROCESSING, job.c.lease_until < now)
         with self._read() as conn:
             if conn.execute(sa.select(job.c.id).where(stalled).limit(1)).first() is None:
                 return []
-        recovered = []
         with self._write() as (conn, rev):
-            for row in conn.execute(sa.select(job).where(stalled)).all():
-                lost = _record(row)
-                why = f"its worker {lost.owner} stopped responding during attempt {lost.attempts}"
-                values: dict[str, Any] = (
-                    {"status": JobStatus.QUEUED.value, "error": f"{why}; re-queued"}
-                    if has_runs_left(attempts=lost.attempts, max_retries=lost.max_retries)
-                    else {"status": JobStatus.ERROR.value, "error": f"{why}; no retries left", "finished_at": now}
-                )
-                updated = self._update_one(
-                    conn, lost.id, stalled, lease_until=None, progress=0.0, updated_at=now, revision=rev, **values
-                )
-                if updated is not None:
-                    recovered.append(updated)
+            return self._recover(conn, stalled, now=now, rev=rev, why="stopped responding")
+
+    def holders(self) -> set[str]:
+        with self._read() as conn:
+            running = sa.select(job.c.owner).where(job.c.status == _PROCESSING)
+            locking = sa.select(device_lock.c.owner).where(device_lock.c.owner.is_not(None))
+            return {owner for (owner,) in conn.execute(sa.union(running, locking)) if owner is not None}
+
+    def recover_owners(self, owners: Collection[str], *, now: float) -> list[JobRecord]:
+        if not owners:
+            return []
+        dead = list(owners)
+        with self._write() as (conn, rev):
+            conn.execute(
+                sa.update(device_lock).where(device_lock.c.owner.in_(dead)).values(owner=None, lease_until=None)
+            )
+            held = sa.and_(job.c.status == _PROCESSING, job.c.owner.in_(dead))
+            return self._recover(conn, held, now=now, rev=rev, why="died (its process is gone)")
+
+    def _recover(self, conn: sa.Connection, where: Any, *, now: float, rev: int, why: str) -> list[JobRecord]:
+        """Put the jobs matching ``where`` back at their old place, or in error once their retries
+        are spent: the one rule for a worker that was lost, by lease or by a dead process."""
+        recovered = []
+        for row in conn.execute(sa.select(job).where(where)).all():
+            lost = _record(row)
+            said = f"its worker {lost.owner} {why} during attempt {lost.attempts}"
+            values: dict[str, Any] = (
+                {"status": _QUEUED, "error": f"{said}; re-queued"}
+                if has_runs_left(attempts=lost.attempts, max_retries=lost.max_retries)
+                else {"status": JobStatus.ERROR.value, "error": f"{said}; no retries left", "finished_at": now}
+            )
+            updated = self._update_one(
+                conn, lost.id, where, lease_until=None, progress=0.0, updated_at=now, revision=rev, **values
+            )
+            if updated is not None:
+                recovered.append(updated)
         return recovered
 
     def abandon(self, *, owner: str, now: float) -> list[JobRecord]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -167,14 +167,14 @@ class MemoryStore(Store):
 
     def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:
         with self._lock:
-            self._bump()
+            rev = self._bump()
             if self._devices.get(device, (None, None))[0] == owner:
                 self._devices[device] = (owner, now + lease)
             asked = set()
             for job_id in job_ids:
                 record = self._jobs.get(job_id)
                 if record is not None and record.owner == owner and record.status is JobStatus.PROCESSING:
-                    self._put(record, lease_until=now + lease)
+                    self._put(record, lease_until=now + lease, revision=rev)
                     if record.cancel_requested:
                         asked.add(job_id)
             return asked
@@ -276,21 +276,35 @@ class MemoryStore(Store):
             stalled = self._where(
                 lambda r: r.status is JobStatus.PROCESSING and r.lease_until is not None and r.lease_until < now
             )
-            if not stalled:
-                return []
-            rev = self._bump()
-            recovered = []
-            for lost in stalled:
-                why = f"its worker {lost.owner} stopped responding during attempt {lost.attempts}"
-                values: dict[str, Any] = (
-                    {"status": JobStatus.QUEUED, "error": f"{why}; re-queued"}
-                    if has_runs_left(attempts=lost.attempts, max_retries=lost.max_retries)
-                    else {"status": JobStatus.ERROR, "error": f"{why}; no retries left", "finished_at": now}
-                )
-                recovered.append(
-                    self._put(lost, lease_until=None, progress=0.0, updated_at=now, revision=rev, **values)
-                )
-            return recovered
+            return self._recover(stalled, now=now, why="stopped responding") if stalled else []
+
+    def holders(self) -> set[str]:
+        with self._lock:
+            running = {r.owner for r in self._jobs.values() if r.status is JobStatus.PROCESSING and r.owner}
+            return running | {holder for holder, _ in self._devices.values() if holder is not None}
+
+    def recover_owners(self, owners: Collection[str], *, now: float) -> list[JobRecord]:
+        if not owners:
+            return []
+        with self._lock:
+            for name, (holder, _) in list(self._devices.items()):
+                if holder in owners:
+                    self._devices[name] = (None, None)
+            held = self._where(lambda r: r.status is JobStatus.PROCESSING and r.owner in owners)
+            return self._recover(held, now=now, why="died (its process is gone)")
+
+    def _recover(self, lost_jobs: list[JobRecord], *, now: float, why: str) -> list[JobRecord]:
+        rev = self._bump()
+        recovered = []
+        for lost in lost_jobs:
+            said = f"its worker {lost.owner} {why} during attempt {lost.attempts}"
+            values: dict[str, Any] = (
+                {"status": JobStatus.QUEUED, "error": f"{said}; re-queued"}
+                if has_runs_left(attempts=lost.attempts, max_retries=lost.max_retries)
+                else {"status": JobStatus.ERROR, "error": f"{said}; no retries left", "finished_at": now}
+            )
+            recovered.append(self._put(lost, lease_until=None, progress=0.0, updated_at=now, revision=rev, **values))
+        return recovered
 
     def abandon(self, *, owner: str, now: float) -> list[JobRecord]:
         with self._lock:

@@ -50,9 +50,11 @@ class _RunningRow:
             step=job.step,
             now=time.time(),
             seconds_per_step=clock.seconds_per_step() if clock else None,
+            recheck_every=job.queue.lease_policy.heartbeat,
         )
         timing = f"<br><span style='color:#757575'>{v.timing}</span>" if v.timing else ""
-        assign(self.label, value=block(f"#{job.id} {html.escape(short(job.prompt, 50))}{timing}"))
+        stalled = "<br>worker stopped responding" if v.bar_text == "stalled" else ""
+        assign(self.label, value=block(f"#{job.id} {html.escape(short(job.prompt, 50))}{timing}{stalled}"))
         set_bar(self.bar, value=v.bar_value, max=v.bar_max, description=v.bar_text, bar_style=v.bar_style)
 
 

@@ -173,15 +173,25 @@ def job_view(
     now: float | None = None,
     seconds_per_step: float | None = None,
     notice: str | None = None,
+    recheck_every: float | None = None,
 ) -> JobView:
     """What to show for a job. ``now`` (epoch seconds) adds the clocks; ``notice`` is shown above
-    the job's own error (a button whose action failed says why there)."""
+    the job's own error (a button whose action failed says why there).
+
+    A running job whose lease has run out (its worker died or hangs) is shown as such, with no ETA
+    and a still bar: it is not running, whatever its status says until a queue re-queues it, which
+    one looking every ``recheck_every`` seconds does by then."""
     s = record.status
     value, top, text, style = _bar(record, step)
+    state, timing = _state(record, position), _timing(record, step, now, seconds_per_step)
+    if s is JobStatus.PROCESSING and now is not None and record.lease_until is not None and now > record.lease_until:
+        when = f"within {duration(recheck_every)}" if recheck_every is not None else "soon"
+        state = f"{_badge(s)} · worker stopped responding · re-queued at its place {when}"
+        timing, text, style = "", "stalled", "warning"
     return JobView(
         title=f"<b>Job {record.id}</b> · {html.escape(short(record.prompt, 80))}",
-        state=_state(record, position),
-        timing=_timing(record, step, now, seconds_per_step),
+        state=state,
+        timing=timing,
         error=_error(record, notice),
         bar_value=value,
         bar_max=top,

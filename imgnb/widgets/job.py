@@ -119,6 +119,7 @@ class JobCard(LiveBox):
             now=time.time(),
             seconds_per_step=self._clock.seconds_per_step(),
             notice=self._notice,
+            recheck_every=job.queue.lease_policy.heartbeat,
         )
 
     @staticmethod
