@@ -12,11 +12,12 @@ are missing):
    the next claim) and a new process is started on the same device, until every job is final;
 3. kill during submit: 40 times, a process doing one ``submit_batch`` of 5,000 jobs is killed at a
    random moment of that call (uniform over 1.2x the time an uninterrupted one took);
-4. restart gap: a job interrupted by SIGKILL, or by a normal exit (``sys.exit()`` without
-   ``close()``), and one queued behind it; then a new process opens a queue on the same host: the
-   seconds from ``ImageQueue(...)`` to the interrupted job running again (its ``started_at`` in the
-   database), whether it ran before the job behind it, and its attempts. These queues use the
-   default ``LeasePolicy`` (15 s lease); scenarios 1 and 2 use 1 s leases to stay short.
+4. restart gap: a process runs a 10 s job with another queued behind it and, once the generator
+   has started, is killed with SIGKILL or ends normally (``sys.exit()`` without ``close()``; the
+   time that exit takes is printed too); then a new process on the same host opens a queue on the
+   same device: the seconds from its ``ImageQueue(...)`` to the interrupted job running again (its
+   ``started_at`` in the database), whether it ran before the job behind it, and its attempts.
+   These queues use the default ``LeasePolicy`` (15 s lease); scenarios 1 and 2 use 1 s leases.
 
 Counted, from the database and from each process's ledger and log (``soak_ledger``):
 
@@ -29,7 +30,8 @@ Counted, from the database and from each process's ledger and log (``soak_ledger
 - errors: any other log record at ERROR or above, and exits other than 0 or SIGKILL.
 
 Run: ``.venv/bin/python benchmarks/bench_soak.py [--quick] [--backends sqlite,postgresql]``;
-``--quick`` is a ~1 minute smoke run with fewer jobs and kills (the test suite runs it).
+``--quick`` is a ~1 minute smoke run with fewer jobs and kills (the test suite runs it), where the
+restart gaps, mostly waiting, run beside the other scenarios: their times are then taken under load.
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ def outcomes(row: Row, procs: Procs, records: dict[int, JobRecord], submitted: s
     stored = Counter(int(job_id) for (job_id,) in procs.ledger("stored"))
     row.double = sum(1 for n in stored.values() if n > 1)
     generated = Counter(int(job_id) for job_id, _t in procs.ledger("gen"))
-    reruns = sum(n - 1 for n in generated.values() if n > 1)
+    reruns = sum(max(0, n - max(1, stored[job_id])) for job_id, n in generated.items())
     if reruns:
         row.notes.append(f"{reruns} generator runs repeated without a second stored outcome")
     unrecorded = len(complete - set(stored))
