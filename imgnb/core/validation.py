@@ -92,44 +92,51 @@ def _check_text(field: str, text: str, *, item: int | None) -> None:
         raise invalid(field, text, "text without lone surrogates (UTF-8 cannot store them)", item=item) from None
 
 
-def _key_text(field: str, key: object, *, item: int | None) -> str:
+def _key_text(where: str, key: object, *, item: int | None) -> str:
     """A dict key as JSON writes it (``5`` -> ``"5"``), or InvalidJob for a key JSON cannot write."""
     if isinstance(key, str):
-        _check_text(field, key, item=item)
+        _check_text(where, key, item=item)
         return key
     if key is None or isinstance(key, (int, float)):
         try:
             return str(next(iter(json.loads(json.dumps({key: 0}, allow_nan=False)))))
         except ValueError:  # nan, infinity, an integer too long to write
             pass
-    raise invalid(field, key, "dict keys that are text (numbers, True, False and None become text)", item=item)
+    raise invalid(where, key, "dict keys that are text (numbers, True, False and None become text)", item=item)
+
+
+def _inside(where: str, key: object) -> str:
+    """The path of a nested value, as shown in messages: ``metadata['tags'][0]``."""
+    step = f"[{shorten(key)}]"
+    return where + step if len(where) + len(step) <= 120 else where
 
 
 def _check_tree(field: str, value: object, *, item: int | None) -> None:
     """Depth, text and keys, walked without recursion (a 10,000-deep dict must not overflow the
-    stack), stopping as soon as the value is too deep or too big to be within the limits."""
+    stack), stopping as soon as the value is too deep or too big to be within the limits. A bad
+    text or key is named by its path; a limit by the whole value."""
     too_big = f"at most {MAX_JSON_BYTES} bytes as JSON"
-    stack: list[tuple[object, int]] = [(value, 0)]
+    stack: list[tuple[object, int, str]] = [(value, 0, field)]
     seen = 0
     while stack:
-        node, depth = stack.pop()
+        node, depth, where = stack.pop()
         seen += 1
         if seen > MAX_JSON_BYTES:  # every value takes at least one byte of JSON
             raise invalid(field, value, too_big, item=item)
         if isinstance(node, str):
             if len(node) > MAX_JSON_BYTES:
                 raise invalid(field, value, too_big, item=item)
-            _check_text(field, node, item=item)
+            _check_text(where, node, item=item)
         elif isinstance(node, (dict, list, tuple)):
             if depth >= MAX_JSON_DEPTH:
                 raise invalid(field, value, f"lists and dicts nested at most {MAX_JSON_DEPTH} deep", item=item)
             if isinstance(node, dict):
-                names = [_key_text(field, key, item=item) for key in node]
+                names = [_key_text(where, key, item=item) for key in node]
                 if len(set(names)) < len(names):
-                    raise invalid(field, node, "dict keys that stay distinct as text (5 and '5' collide)", item=item)
-                stack.extend((child, depth + 1) for child in node.values())
+                    raise invalid(where, node, "dict keys that stay distinct as text (5 and '5' collide)", item=item)
+                stack.extend((child, depth + 1, _inside(where, key)) for key, child in node.items())
             else:
-                stack.extend((child, depth + 1) for child in node)
+                stack.extend((child, depth + 1, _inside(where, i)) for i, child in enumerate(node))
 
 
 def json_data(field: str, value: object, *, item: int | None = None) -> Any:
