@@ -296,6 +296,26 @@ def test_a_folder_that_cannot_be_made_is_a_database_error(tmp_path: Path) -> Non
         ImageQueue(tmp_path / "locked" / "sub" / "jobs.db")
 
 
+def test_unusable_paths_and_urls_are_database_errors(tmp_path: Path) -> None:
+    for db, message in [
+        (f"{tmp_path}/a\x00b.db", "cannot be a file name: it holds a NUL character"),
+        ("postgresql+nosuchdriver://u@h/db", "cannot open postgresql\\+nosuchdriver://u@h/db: NoSuchModuleError"),
+        ("nosuch://", "is not a database URL|cannot open"),
+    ]:
+        with pytest.raises(DatabaseError, match=message):
+            ImageQueue(db)
+
+
+def test_a_generator_error_holding_unstorable_text_is_stored(make_queue: MakeQueue, db_url: str) -> None:
+    def broken(request: GenerationRequest, on_step: OnStep) -> list[Image.Image]:
+        raise ValueError("bad \x00 byte and a lone \udc80 from a file name")
+
+    q = make_queue(db_url, generator=broken)
+    job = q.submit("x", max_retries=0)
+    wait_until(lambda: q.get(job.id).status is JobStatus.ERROR)
+    assert q.get(job.id).error == "ValueError: bad \\x00 byte and a lone \\udc80 from a file name"
+
+
 # -- what is accepted runs, and reads back exactly ---------------------------------------------------
 
 

@@ -50,6 +50,8 @@ MAX_JSON_BYTES = 64 * 1024  # params, metadata or a patch as compact JSON in UTF
 ParamsValidator = Callable[[dict[str, Any]], dict[str, Any]]
 """Checks generation parameters for one generator; returns them normalised or raises InvalidJob."""
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # made once: json.dumps
+# with options builds an encoder per call
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 60, 60, 60
 
@@ -83,16 +85,30 @@ def parse_priority(value: object, *, item: int | None = None) -> Priority:
     raise invalid("priority", value, allowed, item=item)
 
 
-def _check_text(field: str, text: str, *, item: int | None) -> None:
+def _check_text(where: Where, text: str, *, item: int | None) -> None:
     if "\x00" in text:
-        raise invalid(field, text, "text without NUL characters (PostgreSQL cannot store them)", item=item)
+        raise invalid(_path(where), text, "text without NUL characters (PostgreSQL cannot store them)", item=item)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise invalid(field, text, "text without lone surrogates (UTF-8 cannot store them)", item=item) from None
+        allowed = "text without lone surrogates (UTF-8 cannot store them)"
+        raise invalid(_path(where), text, allowed, item=item) from None
 
 
-def _key_text(where: str, key: object, *, item: int | None) -> str:
+Where = str | tuple["Where", object]  # a field, or (the container's place, the key): a path built when shown
+
+
+def _path(where: Where) -> str:
+    """The path of a nested value, as messages show it: ``metadata['tags'][0]``."""
+    keys: list[object] = []
+    while isinstance(where, tuple):
+        where, key = where
+        keys.append(key)
+    steps = "".join(f"[{shorten(key)}]" for key in reversed(keys))
+    return where + (steps if len(steps) <= 120 else "[...]")
+
+
+def _key_text(where: Where, key: object, *, item: int | None) -> str:
     """A dict key as JSON writes it (``5`` -> ``"5"``), or InvalidJob for a key JSON cannot write."""
     if isinstance(key, str):
         _check_text(where, key, item=item)
@@ -102,13 +118,8 @@ def _key_text(where: str, key: object, *, item: int | None) -> str:
             return str(next(iter(json.loads(json.dumps({key: 0}, allow_nan=False)))))
         except ValueError:  # nan, infinity, an integer too long to write
             pass
-    raise invalid(where, key, "dict keys that are text (numbers, True, False and None become text)", item=item)
-
-
-def _inside(where: str, key: object) -> str:
-    """The path of a nested value, as shown in messages: ``metadata['tags'][0]``."""
-    step = f"[{shorten(key)}]"
-    return where + step if len(where) + len(step) <= 120 else where
+    allowed = "dict keys that are text (numbers, True, False and None become text)"
+    raise invalid(_path(where), key, allowed, item=item)
 
 
 def _check_tree(field: str, value: object, *, item: int | None) -> None:
@@ -116,7 +127,7 @@ def _check_tree(field: str, value: object, *, item: int | None) -> None:
     stack), stopping as soon as the value is too deep or too big to be within the limits. A bad
     text or key is named by its path; a limit by the whole value."""
     too_big = f"at most {MAX_JSON_BYTES} bytes as JSON"
-    stack: list[tuple[object, int, str]] = [(value, 0, field)]
+    stack: list[tuple[object, int, Where]] = [(value, 0, field)]
     seen = 0
     while stack:
         node, depth, where = stack.pop()
@@ -133,18 +144,21 @@ def _check_tree(field: str, value: object, *, item: int | None) -> None:
             if isinstance(node, dict):
                 names = [_key_text(where, key, item=item) for key in node]
                 if len(set(names)) < len(names):
-                    raise invalid(where, node, "dict keys that stay distinct as text (5 and '5' collide)", item=item)
-                stack.extend((child, depth + 1, _inside(where, key)) for key, child in node.items())
+                    allowed = "dict keys that stay distinct as text (5 and '5' collide)"
+                    raise invalid(_path(where), node, allowed, item=item)
+                stack.extend((child, depth + 1, (where, key)) for key, child in node.items())
             else:
-                stack.extend((child, depth + 1, _inside(where, i)) for i, child in enumerate(node))
+                stack.extend((child, depth + 1, (where, i)) for i, child in enumerate(node))
 
 
 def json_data(field: str, value: object, *, item: int | None = None) -> Any:
     """``value`` as it will be stored and read back: checked against the limits, then through a
     JSON round trip (tuples become lists, number keys text), so nothing aliases the caller's."""
+    if type(value) is dict and not value:  # the common case: no metadata
+        return {}
     _check_tree(field, value, item=item)
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _COMPACT.encode(value)
     except (TypeError, ValueError) as exc:
         allowed = f"JSON-serialisable values: text, numbers, True/False/None, lists and dicts ({exc})"
         raise invalid(field, value, allowed, item=item) from None

@@ -44,20 +44,29 @@ def sqlite_has_wal_reset_fix(version: str = sqlite3.sqlite_version) -> bool:
 
 
 def to_url(db: str | Path) -> sa.URL:
-    """A SQLAlchemy URL for a path (its folder created) or a URL string."""
+    """A SQLAlchemy URL for a path (its folder created) or a URL string; ``DatabaseError`` for
+    one that cannot be used, with the reason."""
     text = str(db)
     if "://" in text:
-        return sa.make_url(text)
+        try:
+            return sa.make_url(text)
+        except sa.exc.ArgumentError as exc:
+            raise DatabaseError(f"{text!r} is not a database URL: {exc}") from None
+    if "\x00" in text:
+        raise DatabaseError(f"{text!r} cannot be a file name: it holds a NUL character")
     path = Path(text).expanduser()
-    if path.is_dir():
-        raise NotADatabase(f"{path} is a folder; give the path of a database file, e.g. {path / 'jobs.db'}")
-    if path.exists() and path.stat().st_size > 0:
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_HEADER))
-        if head != SQLITE_HEADER:
-            raise NotADatabase(
-                f"{path} is not an SQLite database (its first bytes are {head[:16]!r}); it was left untouched"
-            )
+    try:
+        if path.is_dir():
+            raise NotADatabase(f"{path} is a folder; give the path of a database file, e.g. {path / 'jobs.db'}")
+        if path.exists() and path.stat().st_size > 0:
+            with path.open("rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+            if head != SQLITE_HEADER:
+                raise NotADatabase(
+                    f"{path} is not an SQLite database (its first bytes are {head[:16]!r}); it was left untouched"
+                )
+    except OSError as exc:
+        raise DatabaseError(f"cannot read the database {path}: {exc.strerror}") from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -147,13 +147,16 @@ _SET_PROGRESS = (
 )
 
 
-def _dumps(value: object) -> str:
-    """JSON as stored: ASCII (any database encoding holds it), compact, no NaN."""
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+# JSON as stored: ASCII (any database encoding holds it), compact, no NaN. Made once: json.dumps with
+# options builds an encoder per call.
+_dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_EMPTY = {"{}": dict, "[]": list}  # most rows: decoded without the decoder
 
 
 def _loads(text: object, kind: type[dict[str, Any]] | type[list[Any]]) -> tuple[Any, str | None]:
     """A stored JSON column and None, or an empty ``kind`` and why it cannot be read."""
+    if _EMPTY.get(text) is kind:  # type: ignore[call-overload]
+        return kind(), None
     try:
         value = json.loads(text)  # type: ignore[arg-type]
     except (TypeError, ValueError, RecursionError) as exc:
@@ -225,7 +228,11 @@ class SQLStore(Store):
     def __init__(self, db: str | Path | sa.URL) -> None:
         self.url = db if isinstance(db, sa.URL) else to_url(db)
         self.read_only = is_read_only(self.url)
-        self.engine = make_engine(self.url, read_only=self.read_only)
+        try:
+            self.engine = make_engine(self.url, read_only=self.read_only)
+        except (sa.exc.SQLAlchemyError, ImportError) as exc:  # an unknown or missing driver
+            where = self.url.render_as_string(hide_password=True)
+            raise DatabaseError(f"cannot open {where}: {type(exc).__name__}: {exc}") from None
         self.dialect = self.engine.dialect.name
         self._name = str(self.url.database) if self.dialect == "sqlite" else self.url.render_as_string(True)
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
