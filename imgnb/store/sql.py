@@ -254,10 +254,10 @@ class SQLStore(Store):
         an ``ImgnbError``: every transaction below runs inside it."""
         try:
             yield
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's own: from a raw connection
             raise self._failure(exc, opening=opening) from exc
 
-    def _failure(self, exc: sa.exc.SQLAlchemyError, *, opening: bool) -> DatabaseError:
+    def _failure(self, exc: Exception, *, opening: bool) -> DatabaseError:
         cause = getattr(exc, "orig", None) or exc
         text = " ".join(str(cause).split())[:300] or type(cause).__name__
         code = getattr(cause, "sqlite_errorcode", None)
