@@ -416,7 +416,24 @@ def test_a_read_only_file_is_opened_read_only(make_queue: MakeQueue, db_path: st
                     call()
         finally:
             ro.close()
-    assert path.read_bytes() == before
+    # unchanged, and no -wal/-shm left: made by a reader, they would stop the file's owner from writing
+    assert path.read_bytes() == before and sorted(os.listdir(path.parent)) == ["jobs.db"]
+
+
+def test_a_read_only_queue_watches_a_writer(
+    make_queue: MakeQueue, db_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a writer on the file, the read-only reader shares its WAL index and sees its changes.
+    (Read-only is forced here: a file unwritable for this process would be unwritable for the writer.)"""
+    writer = make_queue(db_path, start=False)
+    first = writer.submit("first")
+    monkeypatch.setattr("imgnb.store.sql.is_read_only", lambda url: True)
+    ro = make_queue(db_path, images_dir=tmp_path / "ro-images")
+    assert ro.store.read_only  # type: ignore[attr-defined]
+    watched = ro.get(first.id)
+    second = writer.submit("second")
+    writer.cancel(first.id)
+    wait_until(lambda: watched.status is JobStatus.CANCELLED and ro.get(second.id).position == 1)
 
 
 def test_a_read_only_file_in_a_read_only_folder_is_read(make_queue: MakeQueue, db_path: str, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ multi-process, many-writer setups at PostgreSQL.
 
 Opening sets per-connection settings only: WAL mode, which is stored in the file, is set by the
 store once it knows the file is imgnb's (another application's database is refused unchanged). A
-file this process may not write is opened read-only (``mode=ro``): jobs can be read and watched.
+file this process may not write is opened read-only, creating no file (see ``_read_only_url``).
 """
 
 from __future__ import annotations
@@ -89,12 +89,20 @@ def make_engine(url: sa.URL, *, read_only: bool = False) -> Engine:
 
 
 def _read_only_url(url: sa.URL) -> sa.URL:
-    """``mode=ro``; ``immutable=1`` too where SQLite could not create the WAL index that ``mode=ro``
-    needs (a read-only folder without one): then no process can be writing the file."""
+    """``mode=ro``, and ``immutable=1`` for a WAL file that no process has open (it has no ``-shm``).
+
+    A reader of a WAL file needs its ``-shm`` index: one created here would be ours, left behind,
+    and its owner could no longer write the database ("attempt to write a readonly database",
+    measured with two users). So without one, the file is read as it is, creating nothing; with one
+    (a writer has it open), it is shared and the writer's changes are seen.
+    """
     path = str(url.database)
-    wal_index = f"{path}-shm"
-    frozen = not os.path.exists(wal_index) and not os.access(os.path.dirname(path), os.W_OK)
-    query = {"uri": "true", "mode": "ro", **({"immutable": "1"} if frozen else {})}
+    with open(path, "rb") as f:
+        header = f.read(20)
+    in_wal = len(header) == 20 and header[18] == 2  # the file format's "WAL" read version
+    query = {"uri": "true", "mode": "ro"}
+    if in_wal and not os.path.exists(f"{path}-shm"):
+        query["immutable"] = "1"
     return url.set(database=f"file:{quote(path)}", query=query)
 
 
