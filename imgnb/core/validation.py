@@ -50,8 +50,8 @@ MAX_JSON_BYTES = 64 * 1024  # params, metadata or a patch as compact JSON in UTF
 ParamsValidator = Callable[[dict[str, Any]], dict[str, Any]]
 """Checks generation parameters for one generator; returns them normalised or raises InvalidJob."""
 
-_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # made once: json.dumps
-# with options builds an encoder per call
+# made once: json.dumps with options builds a new encoder on every call
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 60, 60, 60
 
