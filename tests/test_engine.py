@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from imgnb.store.engine import make_engine, sqlite_has_wal_reset_fix, to_url
+from imgnb.store import SQLStore
+from imgnb.store.engine import sqlite_has_wal_reset_fix, to_url
 
 
 @pytest.mark.parametrize(
@@ -27,12 +28,12 @@ def test_wal_reset_fix_versions(version: str, fixed: bool) -> None:
 
 
 def test_sqlite_settings(tmp_path: object) -> None:
-    engine = make_engine(to_url(f"{tmp_path}/deep/er/jobs.db"))
-    with engine.connect() as conn:
+    store = SQLStore(f"{tmp_path}/deep/er/jobs.db")  # WAL is set by the store, once the file is known to be imgnb's
+    with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == 0
-    engine.dispose()
+    store.close()
     assert to_url("postgresql+psycopg://u@h/db").get_backend_name() == "postgresql"
     assert isinstance(to_url("x.db"), sa.URL)

@@ -3,6 +3,10 @@
 Each PNG holds, as text chunks, the job's prompt, seed and every generation parameter, plus what
 the generator put in the image's ``info`` (model, scheduler), and an ``imgnb`` chunk with all of it
 as JSON, so an image found alone on disk can be reproduced.
+
+PNG text is Latin-1 (``tEXt``) or UTF-8 (``iTXt``), under a Latin-1 keyword of 1 to 79 characters:
+other text goes into ``iTXt``, and a parameter whose name cannot be a keyword (``ключ``) is found in
+the ``imgnb`` chunk only. Validation has already refused what UTF-8 cannot hold.
 """
 
 from __future__ import annotations
@@ -24,11 +28,18 @@ if TYPE_CHECKING:
 __all__ = ["load_images", "save_images"]
 
 
+def _is_keyword(name: str) -> bool:
+    """A PNG text chunk's keyword: 1 to 79 printable Latin-1 characters."""
+    return 0 < len(name) < 80 and all(" " <= c <= "~" or "\xa1" <= c <= "\xff" for c in name)
+
+
 def png_text(request: GenerationRequest, image: Image) -> dict[str, str]:
+    """Keyword -> text for the PNG's text chunks."""
     own = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
     text = dict(own)
     text.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in request.params.items()})
     text.update(prompt=request.prompt, seed=str(request.seed), job_id=str(request.job_id))
+    text = {k: v for k, v in text.items() if _is_keyword(k)}
     text["imgnb"] = json.dumps(
         {
             "job_id": request.job_id,
@@ -38,8 +49,21 @@ def png_text(request: GenerationRequest, image: Image) -> dict[str, str]:
             **own,
         },
         sort_keys=True,
+        ensure_ascii=False,
     )
     return text
+
+
+def _png_info(text: dict[str, str]) -> PngInfo:
+    info = PngInfo()
+    for key, value in text.items():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            info.add_itxt(key, value)
+        else:
+            info.add_text(key, value)
+    return info
 
 
 def save_images(folder: Path, request: GenerationRequest, images: Sequence[Image]) -> list[str]:
@@ -48,9 +72,7 @@ def save_images(folder: Path, request: GenerationRequest, images: Sequence[Image
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, image in enumerate(images):
-        info = PngInfo()
-        for key, value in png_text(request, image).items():
-            info.add_text(key, value)
+        info = _png_info(png_text(request, image))
         path = (folder / f"job{request.job_id:06d}_{k}.png").resolve()
         tmp = path.with_suffix(".tmp")
         image.save(tmp, format="PNG", pnginfo=info)

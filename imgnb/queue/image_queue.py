@@ -302,6 +302,8 @@ class ImageQueue:
         ``metadata`` and generation parameters; ``priority`` and ``group`` are set for the batch.
         """
         specs: list[JobSpec] = []
+        if not isinstance(items, Iterable) or isinstance(items, (str, bytes, Mapping)):
+            raise invalid("items", items, "a list of dicts, each with at least 'prompt'")
         for i, item in enumerate(items):
             if not isinstance(item, Mapping):
                 raise invalid("item", item, "a dict with at least 'prompt'", item=i)

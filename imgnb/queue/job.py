@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import threading
 from collections.abc import Generator
 from datetime import UTC, datetime
@@ -93,8 +94,9 @@ class Job:
     id = property(lambda self: self._record.id, doc="The job's id in its database.")
     prompt = property(lambda self: self._record.prompt)
     seed = property(lambda self: self._record.seed, doc="The seed it runs with (drawn at submit when not given).")
-    params = property(lambda self: dict(self._record.params), doc="Generation parameters given to submit.")
-    metadata = property(lambda self: self._record.metadata)
+    # copies: changing what you were given must not change what the handle shows
+    params = property(lambda self: copy.deepcopy(self._record.params), doc="Generation parameters, as stored.")
+    metadata = property(lambda self: copy.deepcopy(self._record.metadata), doc="Your metadata, as stored.")
     group = property(lambda self: self._record.group)
     error = property(lambda self: self._record.error, doc="The last error message, or None.")
     attempts = property(lambda self: self._record.attempts, doc="Runs started so far.")

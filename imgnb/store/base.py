@@ -116,7 +116,7 @@ class Store(ABC):
 
     @abstractmethod
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
-        """Deep-merge ``patch`` into a job's metadata in one statement (RFC 7396)."""
+        """Deep-merge ``patch`` into a job's metadata in one transaction (RFC 7396)."""
 
     @abstractmethod
     def default_images_dir(self) -> Path:

@@ -1,25 +1,24 @@
 """The database tables (SQLModel), shared by the SQLite and PostgreSQL stores.
 
 Times are epoch seconds (float) so that both databases compare and index them the same way.
+``params``, ``meta`` and ``images`` are JSON text written and read by imgnb itself, not the
+databases' JSON types: PostgreSQL's JSONB rewrites numbers (``1e16`` comes back as an integer), and
+text reads back byte for byte the same from either database.
 ``revision`` stamps every row with the number of the write transaction that last changed it:
 other processes read ``WHERE revision > last_seen`` to see what changed, without rescanning.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from ..core.ordering import RUN_ORDER
+from ..core.validation import MAX_GROUP_LENGTH
 
 __all__ = ["SCHEMA_VERSION", "DeviceRow", "JobRow", "MetaRow"]
 
-SCHEMA_VERSION = 1
-
-_Json = sa.JSON().with_variant(JSONB(), "postgresql")
+SCHEMA_VERSION = 2  # 2: JSON columns are text on PostgreSQL too (they were JSONB)
 
 
 class MetaRow(SQLModel, table=True):
@@ -50,17 +49,17 @@ class JobRow(SQLModel, table=True):
     seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     status: str = Field(max_length=16)
     priority: int
-    group_name: str | None = Field(default=None, max_length=200)
+    group_name: str | None = Field(default=None, max_length=MAX_GROUP_LENGTH)
     prompt: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
-    params: dict[str, Any] = Field(sa_column=sa.Column(_Json, nullable=False))
+    params: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # JSON
     seed: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
-    meta: dict[str, Any] = Field(sa_column=sa.Column(_Json, nullable=False))
+    meta: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # JSON
     timeout: float | None = None
     max_retries: int
     attempts: int = 0
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     progress: float = 0.0
-    images: list[str] = Field(sa_column=sa.Column(_Json, nullable=False))
+    images: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # JSON list of paths
     created_at: float
     updated_at: float
     started_at: float | None = None

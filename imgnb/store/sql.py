@@ -3,29 +3,36 @@
 Every write transaction first bumps the single ``imgnb_meta`` row. On SQLite that row is free
 (``BEGIN IMMEDIATE`` already serialises writers); on PostgreSQL its row lock orders all writers,
 so revisions become visible in the order they were handed out (a reader that saw revision N has
-seen every change up to N) and no two writers can deadlock on job and device rows.
+seen every change up to N) and no two writers can deadlock on job and device rows. The same order
+makes ``update_metadata``'s read, merge in Python and write atomic.
+
+Every database failure leaves this class as a ``DatabaseError`` naming its cause (``_guarded``).
+A row imgnb cannot decode (written by something else, or by an older imgnb without limits) reads as
+empty and fails its own job when claimed; it never stops the claim or the watcher.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ..core.merge import merge_patch
 from ..core.ordering import RUN_ORDER, OrderKey, order_key
 from ..core.records import JobRecord, JobSpec
 from ..core.retry import has_runs_left
 from ..core.states import JobStatus, check_transition
+from ..core.validation import json_data, validate_group, validate_job_id
 from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
-from .engine import READ_ONLY, make_engine, to_url
+from .engine import READ_ONLY, is_read_only, make_engine, to_url
 from .schema import SCHEMA_VERSION, DeviceRow, JobRow, MetaRow
 
 __all__ = ["SQLStore"]
@@ -34,25 +41,19 @@ job = JobRow.__table__  # type: ignore[attr-defined]
 counters = MetaRow.__table__  # type: ignore[attr-defined]
 device_lock = DeviceRow.__table__  # type: ignore[attr-defined]
 
-# RFC 7396 merge patch, as SQLite's json_patch() does it. PostgreSQL's `jsonb || jsonb` is shallow.
-_PG_MERGE = """
-CREATE OR REPLACE FUNCTION imgnb_jsonb_merge(target jsonb, patch jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-  IF patch IS NULL OR jsonb_typeof(patch) <> 'object' THEN RETURN patch; END IF;
-  IF target IS NULL OR jsonb_typeof(target) <> 'object' THEN target := '{}'::jsonb; END IF;
-  RETURN COALESCE((
-    SELECT jsonb_object_agg(key, value) FROM (
-      SELECT t.key, t.value FROM jsonb_each(target) t WHERE NOT (patch ? t.key)
-      UNION ALL
-      SELECT p.key, imgnb_jsonb_merge(target -> p.key, p.value) FROM jsonb_each(patch) p
-      WHERE jsonb_typeof(p.value) <> 'null'
-    ) merged), '{}'::jsonb);
-END $$;
-"""
 _PG_INIT_LOCK = 0x1AB9  # advisory lock: two processes creating the schema at once take turns
 
-_MIGRATIONS: dict[int, str] = {}  # from version N to N + 1: SQL run in the upgrade transaction
+# from version N to N + 1, by dialect: statements run in the upgrade transaction
+_MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
+    1: {  # JSON becomes imgnb's own text on PostgreSQL; metadata merges move to Python
+        "postgresql": (
+            "ALTER TABLE imgnb_job ALTER COLUMN params TYPE text USING params::text,"
+            " ALTER COLUMN meta TYPE text USING meta::text, ALTER COLUMN images TYPE text USING images::text",
+            "DROP FUNCTION IF EXISTS imgnb_jsonb_merge(jsonb, jsonb)",
+        ),
+        "sqlite": (),  # its JSON columns held text already
+    },
+}
 
 # Hot-path statements are built once, with bound parameters: building a statement with many
 # values costs SQLAlchemy about 3x the time of running it on SQLite (measured here).
@@ -133,7 +134,7 @@ _FINISH = (
         error=B("b_error"),
         run_at=sa.func.coalesce(B("b_run_at", type_=sa.Float), job.c.run_at),
         finished_at=B("b_finished_at", type_=sa.Float),
-        images=B("b_images", type_=job.c.images.type),
+        images=B("b_images", type_=sa.Text),
         progress=sa.func.coalesce(B("b_progress", type_=sa.Float), job.c.progress),
         revision=B("b_rev"),
     )
@@ -146,21 +147,56 @@ _SET_PROGRESS = (
 )
 
 
+# JSON as stored: ASCII (any database encoding holds it), compact, no NaN. Made once: json.dumps with
+# options builds an encoder per call.
+_dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_EMPTY = {"{}": dict, "[]": list}  # most rows: decoded without the decoder
+
+
+def _loads(text: object, kind: type[dict[str, Any]] | type[list[Any]]) -> tuple[Any, str | None]:
+    """A stored JSON column and None, or an empty ``kind`` and why it cannot be read."""
+    if _EMPTY.get(text) is kind:  # type: ignore[call-overload]
+        return kind(), None
+    try:
+        value = json.loads(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RecursionError) as exc:
+        return kind(), f"{type(exc).__name__}: {exc}"[:200]
+    if not isinstance(value, kind):
+        return kind(), f"a JSON {type(value).__name__} where a {kind.__name__} belongs"
+    return value, None
+
+
+def _storable(text: str | None) -> str | None:
+    """A message as both databases can store it: a generator's error may hold NUL or lone surrogates."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _record(row: sa.Row[Any]) -> JobRecord:
-    return _record_of(row._mapping["id"], row._mapping)
+    return _decode(row._mapping["id"], row._mapping)[0]
 
 
-def _record_of(job_id: int, m: Mapping[Any, Any]) -> JobRecord:
-    return JobRecord(
+def _decode(job_id: int, m: Mapping[Any, Any]) -> tuple[JobRecord, str | None]:
+    """The record of a row, and None or what of it cannot be read (read as empty)."""
+    params, params_problem = _loads(m["params"], dict)
+    metadata, meta_problem = _loads(m["meta"], dict)
+    images, images_problem = _loads(m["images"], list)
+    problems = [
+        f"{name}: {p}"
+        for name, p in (("params", params_problem), ("metadata", meta_problem), ("images", images_problem))
+        if p is not None
+    ]
+    record = JobRecord(
         id=job_id,
         seq=m["seq"],
         status=JobStatus(m["status"]),
         priority=m["priority"],
         group=m["group_name"],
         prompt=m["prompt"],
-        params=m["params"],
+        params=params,
         seed=m["seed"],
-        metadata=m["meta"],
+        metadata=metadata,
         timeout=m["timeout"],
         max_retries=m["max_retries"],
         attempts=m["attempts"],
@@ -171,7 +207,7 @@ def _record_of(job_id: int, m: Mapping[Any, Any]) -> JobRecord:
         started_at=m.get("started_at"),
         finished_at=m.get("finished_at"),
         run_at=m["run_at"],
-        images=tuple(m["images"]),
+        images=tuple(images),
         owner=m.get("owner"),
         device=m.get("device"),
         lease_until=m.get("lease_until"),
@@ -179,70 +215,171 @@ def _record_of(job_id: int, m: Mapping[Any, Any]) -> JobRecord:
         batch=m.get("batch"),
         revision=m["revision"],
     )
+    return record, "; ".join(problems) or None
 
 
 class SQLStore(Store):
-    """Jobs in an SQLite file or a PostgreSQL database, created and upgraded on open."""
+    """Jobs in an SQLite file or a PostgreSQL database, created and upgraded on open.
+
+    An SQLite file this process may not write is opened read-only (``read_only``): reading and
+    watching work, a change raises ``DatabaseError``, and no job is claimed from it.
+    """
 
     def __init__(self, db: str | Path | sa.URL) -> None:
         self.url = db if isinstance(db, sa.URL) else to_url(db)
-        self.engine = make_engine(self.url)
+        self.read_only = is_read_only(self.url)
+        try:
+            self.engine = make_engine(self.url, read_only=self.read_only)
+        except (sa.exc.SQLAlchemyError, ImportError) as exc:  # an unknown or missing driver
+            where = self.url.render_as_string(hide_password=True)
+            raise DatabaseError(f"cannot open {where}: {type(exc).__name__}: {exc}") from None
         self.dialect = self.engine.dialect.name
+        self._name = str(self.url.database) if self.dialect == "sqlite" else self.url.render_as_string(True)
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
         self._devices: set[str] = set()  # lock rows known to exist
         try:
             self._prepare()
-        except sa.exc.DatabaseError as exc:
+        except BaseException:
             self.engine.dispose()
-            if self.dialect == "sqlite":
-                raise NotADatabase(
-                    f"{self.url.database} cannot be used as an imgnb database ({exc.orig}); it was left untouched"
-                ) from None
-            raise DatabaseError(f"cannot open {self.url.render_as_string(hide_password=True)}: {exc.orig}") from None
+            raise
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url.render_as_string(hide_password=True)!r})"
 
+    # -- failures -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _guarded(self, *, opening: bool = False) -> Iterator[None]:
+        """The one place where a database failure (disk full, a table gone, a server down) becomes
+        an ``ImgnbError``: every transaction below runs inside it."""
+        try:
+            yield
+        except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's own: from a raw connection
+            raise self._failure(exc, opening=opening) from exc
+
+    def _failure(self, exc: Exception, *, opening: bool) -> DatabaseError:
+        cause = getattr(exc, "orig", None) or exc
+        text = " ".join(str(cause).split())[:300] or type(cause).__name__
+        code = getattr(cause, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            untouched = "; it was left untouched" if opening else ""
+            return NotADatabase(f"{self._name} cannot be used as an imgnb database ({text}){untouched}")
+        if opening:
+            return DatabaseError(f"cannot open {self._name}: {text}")
+        return DatabaseError(f"the database {self._name} failed: {text}")
+
+    def _damaged(self) -> DatabaseError:
+        return DatabaseError(
+            f"{self._name} has lost imgnb's bookkeeping row (the table imgnb_meta is empty): "
+            "it was changed by something other than imgnb"
+        )
+
+    def _read_only_error(self) -> DatabaseError:
+        return DatabaseError(
+            f"{self._name} is read-only (this process may not write the file): its jobs can be read and "
+            "watched, but nothing can be submitted or changed"
+        )
+
     # -- schema ---------------------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        with self.engine.begin() as conn:
+        """Create or upgrade the schema. An intact database of this version is only read."""
+        with self._guarded(opening=True), self._reader.begin() as conn:
+            version = self._version(conn)
+        if self.dialect == "sqlite" and not self.read_only:
+            self._use_wal()
+        if version == SCHEMA_VERSION:
+            return
+        if self.read_only:
+            raise (
+                DatabaseError(f"{self._name} is empty and read-only: imgnb cannot create its tables in it")
+                if version is None
+                else SchemaVersionError(
+                    f"{self._name} has schema version {version} and is read-only: open it once with write "
+                    f"access to upgrade it to {SCHEMA_VERSION}. The database was not changed."
+                )
+            )
+        with self._guarded(opening=True), self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
-            if not sa.inspect(conn).has_table(counters.name):
+            version = self._version(conn)  # again: another process may have been first
+            if version is None:
                 for table in (counters, job, device_lock):
                     table.create(conn, checkfirst=True)
-                if self.dialect == "postgresql":
-                    conn.exec_driver_sql(_PG_MERGE)
                 conn.execute(sa.insert(counters).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0))
                 return
-            version = conn.execute(sa.select(counters.c.schema_version)).scalar_one()
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self!r} has schema version {version}, newer than this imgnb understands "
-                    f"({SCHEMA_VERSION}); upgrade imgnb to open it. The database was not changed."
-                )
             for step in range(version, SCHEMA_VERSION):
-                if step not in _MIGRATIONS:
-                    raise SchemaVersionError(
-                        f"{self!r} has schema version {version} and this imgnb has no upgrade from it "
-                        f"to {SCHEMA_VERSION}. The database was not changed."
+                for statement in _MIGRATIONS[step][self.dialect]:
+                    conn.exec_driver_sql(statement)
+            if version != SCHEMA_VERSION:
+                conn.execute(sa.update(counters).values(schema_version=SCHEMA_VERSION))
+
+    def _version(self, conn: sa.Connection) -> int | None:
+        """The schema version, or None for a database without imgnb's tables. Refuses, unchanged,
+        what imgnb cannot open: another application's SQLite file, a newer or unknown schema."""
+        if not sa.inspect(conn).has_table(counters.name):
+            if self.dialect == "sqlite":
+                names = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite%'")
+                found = sorted(str(n) for n in names.scalars())
+                if found:
+                    raise NotADatabase(
+                        f"{self._name} is another application's SQLite database (it holds {', '.join(found[:5])}"
+                        f"{', ...' if len(found) > 5 else ''}, not imgnb's tables); it was left untouched"
                     )
-                conn.exec_driver_sql(_MIGRATIONS[step])
-            conn.execute(sa.update(counters).values(schema_version=SCHEMA_VERSION))
+            return None
+        version = conn.execute(sa.select(counters.c.schema_version)).scalar()
+        if version is None:
+            raise self._damaged()
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self!r} has schema version {version}, newer than this imgnb understands "
+                f"({SCHEMA_VERSION}); upgrade imgnb to open it. The database was not changed."
+            )
+        if any(step not in _MIGRATIONS for step in range(version, SCHEMA_VERSION)):
+            raise SchemaVersionError(
+                f"{self!r} has schema version {version} and this imgnb has no upgrade from it "
+                f"to {SCHEMA_VERSION}. The database was not changed."
+            )
+        return int(version)
+
+    def _use_wal(self) -> None:
+        """WAL mode, stored in the file: set once, outside any transaction (SQLite requires it)."""
+        with self._guarded(opening=True):
+            raw = self.engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.close()
+            finally:
+                raw.close()
 
     # -- transactions ---------------------------------------------------------------------------
 
     @contextmanager
     def _write(self) -> Iterator[tuple[sa.Connection, int]]:
-        """One write transaction and its revision number; the meta row is locked first."""
-        with self.engine.begin() as conn:
-            yield conn, conn.execute(_BUMP).scalar_one()
+        """One write transaction and its revision number; the counters row is locked first."""
+        if self.read_only:
+            raise self._read_only_error()
+        with self._guarded(), self.engine.begin() as conn:
+            yield conn, self._bump(conn)
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
-        with self._reader.begin() as conn:
+        with self._guarded(), self._reader.begin() as conn:
             yield conn
+
+    def _bump(self, conn: sa.Connection) -> int:
+        revision = conn.execute(_BUMP).scalar()
+        if revision is None:
+            raise self._damaged()
+        return int(revision)
+
+    def _revision(self, conn: sa.Connection) -> int:
+        revision = conn.execute(_REVISION).scalar()
+        if revision is None:
+            raise self._damaged()
+        return int(revision)
 
     @staticmethod
     def _take_seq(conn: sa.Connection, n: int) -> int:
@@ -261,6 +398,24 @@ class SQLStore(Store):
         row = conn.execute(sa.update(job).where(job.c.id == job_id, *where).values(**values).returning(*job.c)).first()
         return None if row is None else _record(row)
 
+    @staticmethod
+    def _fail_unreadable(conn: sa.Connection, job_id: int, problem: str, *, now: float, rev: int) -> None:
+        """End a claimed job whose row cannot be decoded: it could never run, and must not block others."""
+        conn.execute(
+            sa.update(job)
+            .where(job.c.id == job_id)
+            .values(
+                status=JobStatus.ERROR.value,
+                error=_storable(f"imgnb cannot read this job's stored data ({problem}); it was not run"),
+                finished_at=now,
+                updated_at=now,
+                lease_until=None,
+                progress=0.0,
+                batch=None,
+                revision=rev,
+            )
+        )
+
     # -- Store ----------------------------------------------------------------------------------
 
     def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> list[JobRecord]:
@@ -275,14 +430,14 @@ class SQLStore(Store):
                     "priority": spec.priority,
                     "group_name": spec.group,
                     "prompt": spec.prompt,
-                    "params": spec.params,
+                    "params": _dumps(spec.params),
                     "seed": spec.seed,
-                    "meta": spec.metadata,
+                    "meta": _dumps(spec.metadata),
                     "timeout": spec.timeout,
                     "max_retries": spec.max_retries,
                     "attempts": 0,
                     "progress": 0.0,
-                    "images": [],
+                    "images": "[]",
                     "created_at": now,
                     "updated_at": now,
                     "run_at": now,
@@ -297,9 +452,10 @@ class SQLStore(Store):
             conn.execute(_INSERT, rows)
             id_of_seq: dict[int, int] = {seq: job_id for job_id, seq in conn.execute(_IDS_OF_REVISION, _args(rev=rev))}
         # build the records from what was written rather than reading every column back
-        return [_record_of(id_of_seq[row["seq"]], row) for row in rows]
+        return [_decode(id_of_seq[row["seq"]], row)[0] for row in rows]
 
     def get(self, job_id: int) -> JobRecord:
+        job_id = validate_job_id(job_id)
         with self._read() as conn:
             return self._one(conn, job_id)
 
@@ -308,7 +464,7 @@ class SQLStore(Store):
         if status is not None:
             query = query.where(job.c.status == JobStatus(status).value)
         if group is not None:
-            query = query.where(job.c.group_name == group)
+            query = query.where(job.c.group_name == validate_group(group))
         query = query.order_by(*_RUN_ORDER) if status is JobStatus.QUEUED else query.order_by(job.c.id)
         with self._read() as conn:
             return [_record(r) for r in conn.execute(query)]
@@ -321,7 +477,7 @@ class SQLStore(Store):
 
     def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
         with self._read() as conn:
-            revision = int(conn.execute(_REVISION).scalar_one())
+            revision = self._revision(conn)
             rows = conn.execute(
                 sa.select(job.c.id, *(job.c[name] for name, _ in RUN_ORDER)).where(job.c.status == _QUEUED)
             )
@@ -329,35 +485,58 @@ class SQLStore(Store):
 
     def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
         with self._read() as conn:
-            current = int(conn.execute(_REVISION).scalar_one())
+            current = self._revision(conn)
             if current <= revision:
                 return current, []
             rows = conn.execute(sa.select(job).where(job.c.revision > revision).order_by(job.c.revision, job.c.id))
             return current, [_record(r) for r in rows]
 
     def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+        if self.read_only:
+            return []
         if device not in self._devices:  # its own transaction: the claim below may roll back
             insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
-            with self.engine.begin() as conn:
+            with self._guarded(), self.engine.begin() as conn:
                 conn.execute(insert(device_lock).values(name=device).on_conflict_do_nothing())
             self._devices.add(device)  # device rows are never deleted
-        with self.engine.connect() as conn, conn.begin() as txn:
-            rev = conn.execute(_BUMP).scalar_one()
+        with self._guarded(), self.engine.connect() as conn, conn.begin() as txn:
+            rev = self._bump(conn)
             args = _args(owner=owner, device=device, now=now, until=now + lease, rev=rev)
-            locked = conn.execute(_LOCK_DEVICE, args).rowcount
-            head = conn.execute(_CLAIM_HEAD, args).first() if locked else None
-            if head is None:
-                txn.rollback()  # nothing to run: leave the lock and the revision as they were
+            if not conn.execute(_LOCK_DEVICE, args).rowcount:
+                txn.rollback()  # held by a live owner: leave the lock and the revision as they were
                 return []
-            claimed = [_record(head)]
+            failed = False
+            while (head := conn.execute(_CLAIM_HEAD, args).first()) is not None:
+                first, problem = _decode(head._mapping["id"], head._mapping)
+                if problem is None:
+                    break
+                self._fail_unreadable(conn, first.id, problem, now=now, rev=rev)
+                failed = True
+            if head is None:
+                if not failed:
+                    txn.rollback()  # nothing to run: leave the lock and the revision as they were
+                    return []
+                conn.execute(  # keep the failures, give the lock back
+                    sa.update(device_lock)
+                    .where(device_lock.c.name == device, device_lock.c.owner == owner)
+                    .values(owner=None, lease_until=None)
+                )
+                txn.commit()
+                return []
+            claimed = [first]
             key = head._mapping["batch_key"]
-            if batch_size > 1 and key is not None and claimed[0].attempts == 1:
-                mates = conn.execute(_CLAIM_MATES, {**args, **_args(key=key, n=batch_size - 1)}).all()
+            if batch_size > 1 and key is not None and first.attempts == 1:
+                mates = []
+                for row in conn.execute(_CLAIM_MATES, {**args, **_args(key=key, n=batch_size - 1)}).all():
+                    mate, problem = _decode(row._mapping["id"], row._mapping)
+                    if problem is None:
+                        mates.append(mate.id)
+                    else:
+                        self._fail_unreadable(conn, mate.id, problem, now=now, rev=rev)
                 if mates:
-                    ids = [claimed[0].id, *(r.id for r in mates)]
-                    label = f"{device}#{claimed[0].id}"
+                    label = f"{device}#{first.id}"
                     rows = conn.execute(
-                        sa.update(job).where(job.c.id.in_(ids)).values(batch=label).returning(*job.c)
+                        sa.update(job).where(job.c.id.in_([first.id, *mates])).values(batch=label).returning(*job.c)
                     ).all()
                     claimed = sorted((_record(r) for r in rows), key=lambda r: r.order_key)
             txn.commit()
@@ -410,10 +589,10 @@ class SQLStore(Store):
             owner=owner,
             status=status.value,
             now=now,
-            error=error,
+            error=_storable(error),
             run_at=None if final else (now if run_at is None else run_at),
             finished_at=now if final else None,
-            images=list(images),
+            images=_dumps(list(images)),
             progress=1.0 if status is JobStatus.COMPLETE else None if final else 0.0,
         )
         with self._write() as (conn, rev):
@@ -421,6 +600,7 @@ class SQLStore(Store):
             return None if row is None else _record(row)
 
     def cancel(self, job_id: int, *, now: float) -> JobRecord:
+        job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
             current = self._one(conn, job_id)
             if current.status is JobStatus.PROCESSING:
@@ -433,6 +613,7 @@ class SQLStore(Store):
             return updated
 
     def requeue(self, job_id: int, *, now: float) -> JobRecord:
+        job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
             check_transition(self._one(conn, job_id).status, JobStatus.QUEUED)
             seq = self._take_seq(conn, 1)
@@ -444,7 +625,7 @@ class SQLStore(Store):
                 attempts=0,
                 error=None,
                 progress=0.0,
-                images=[],
+                images="[]",
                 started_at=None,
                 finished_at=None,
                 run_at=now,
@@ -459,6 +640,8 @@ class SQLStore(Store):
             return updated
 
     def promote_due(self, *, now: float) -> list[JobRecord]:
+        if self.read_only:
+            return []
         due = sa.and_(job.c.status == JobStatus.PENDING.value, job.c.run_at <= now)
         with self._read() as conn:
             if conn.execute(sa.select(job.c.id).where(due).limit(1)).first() is None:
@@ -473,6 +656,8 @@ class SQLStore(Store):
             return [_record(r) for r in rows]
 
     def recover_stalled(self, *, now: float) -> list[JobRecord]:
+        if self.read_only:
+            return []
         stalled = sa.and_(job.c.status == _PROCESSING, job.c.lease_until < now)
         with self._read() as conn:
             if conn.execute(sa.select(job.c.id).where(stalled).limit(1)).first() is None:
@@ -487,7 +672,7 @@ class SQLStore(Store):
             return {owner for (owner,) in conn.execute(sa.union(running, locking)) if owner is not None}
 
     def recover_owners(self, owners: Collection[str], *, now: float) -> list[JobRecord]:
-        if not owners:
+        if not owners or self.read_only:
             return []
         dead = list(owners)
         with self._write() as (conn, rev):
@@ -517,6 +702,14 @@ class SQLStore(Store):
         return recovered
 
     def abandon(self, *, owner: str, now: float) -> list[JobRecord]:
+        if self.read_only:
+            return []
+        with self._read() as conn:  # closing a queue that holds nothing does not write
+            running = sa.select(job.c.id).where(job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
+            locks = sa.select(device_lock.c.name).where(device_lock.c.owner == owner)
+            holds = conn.execute(running.limit(1)).first() or conn.execute(locks.limit(1)).first()
+        if holds is None:
+            return []
         with self._write() as (conn, rev):
             conn.execute(
                 sa.update(device_lock).where(device_lock.c.owner == owner).values(owner=None, lease_until=None)
@@ -538,15 +731,19 @@ class SQLStore(Store):
             return [_record(r) for r in rows]
 
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
-        text = json.dumps(patch)
-        if self.dialect == "postgresql":
-            merged: Any = sa.func.imgnb_jsonb_merge(job.c.meta, sa.cast(sa.literal(text), JSONB))
-        else:
-            merged = sa.func.json_patch(job.c.meta, sa.literal(text))
+        """Read, merge in Python and write in one transaction: writers are serialised (see the
+        module's docstring), so concurrent patches all land."""
+        job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
-            updated = self._update_one(conn, job_id, meta=merged, revision=rev)
-            if updated is None:
+            stored = conn.execute(sa.select(job.c.meta).where(job.c.id == job_id)).scalar()
+            if stored is None:
                 raise JobNotFound(f"no job with id {job_id}")
+            current, problem = _loads(stored, dict)
+            if problem is not None:
+                raise DatabaseError(f"job {job_id}'s stored metadata cannot be read ({problem}); it was left unchanged")
+            merged = json_data("metadata after this patch", merge_patch(current, dict(patch)))
+            updated = self._update_one(conn, job_id, meta=_dumps(merged), revision=rev)
+            assert updated is not None  # the row is locked by this transaction
             return updated
 
     def default_images_dir(self) -> Path:
