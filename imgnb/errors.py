@@ -20,6 +20,7 @@ __all__ = [
     "NotADatabase",
     "QueueClosed",
     "SchemaVersionError",
+    "UnsupportedPipeline",
 ]
 
 
@@ -91,3 +92,7 @@ class NotADatabase(DatabaseError):
 
 class SchemaVersionError(DatabaseError):
     """The database was written by an incompatible version of imgnb."""
+
+
+class UnsupportedPipeline(ImgnbError, TypeError):
+    """This pipeline cannot run imgnb jobs: its ``__call__`` lacks an argument imgnb needs."""

@@ -28,6 +28,8 @@ from .files import save_images
 from .loop import keep_running
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from .image_queue import ImageQueue
 
 __all__ = ["DeviceWorker"]
@@ -203,7 +205,7 @@ class DeviceWorker:
         ids = [r.id for r in records]
         last_persist = time.monotonic()
 
-        def on_step(step: int, total: int) -> None:
+        def on_step(step: int, total: int, previews: Sequence[Image] | None = None) -> None:
             nonlocal last_persist
             stops = [runs[i].stop for i in ids]
             if all(stop is not None for stop in stops):
