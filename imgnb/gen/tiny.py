@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, overload
 
+import torch
+
 from .quiet import quiet_logs
 
 if TYPE_CHECKING:
@@ -56,6 +58,9 @@ def tiny_pipeline(family: str = "sd", *, device: str = "cpu") -> DiffusionPipeli
         from .families import BUILDERS
 
         pipe = BUILDERS[family]()
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()  # as from_pretrained leaves them: a constructed T5 would apply dropout
     pipe.register_to_config(_name_or_path=f"imgnb/tiny-{family}")
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
