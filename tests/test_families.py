@@ -33,11 +33,10 @@ from imgnb import (
 )
 from imgnb.gen import TINY_FAMILIES, DiffusersGenerator, tiny_pipeline
 from imgnb.gen.quiet import quiet_logs
+from tests.fixtures.pipelines import IGNORE_NUMPY_COPY
 from tests.fixtures.queues import wait_until
 
-# diffusers 0.42.1's Euler (SDXL's scheduler) calls np.array(tensor, copy=False), which numpy 2.4 deprecates.
-NUMPY_COPY = "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-pytestmark = pytest.mark.filterwarnings(NUMPY_COPY)
+pytestmark = pytest.mark.filterwarnings(IGNORE_NUMPY_COPY)  # SDXL's Euler scheduler
 
 MakeQueue = Callable[..., ImageQueue]
 Pipes = dict[str, DiffusionPipeline]
