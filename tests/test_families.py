@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -225,6 +226,35 @@ def test_flux_refuses_a_negative_prompt_it_would_ignore(tiny_pipelines: Pipes) -
     with pytest.raises(InvalidJob, match="true_cfg_scale > 1"):
         gen.validate_params({"negative_prompt": "blurry", "true_cfg_scale": 1.0})
     assert gen.validate_params({"negative_prompt": "blurry", "true_cfg_scale": 2})["true_cfg_scale"] == 2.0
+
+
+class StandIn:
+    """A pipeline as far as DiffusersGenerator looks: its call's arguments and its latent grid."""
+
+    def __init__(self, vae_scale_factor: int, patch_size: int = 1, packed: int = 1) -> None:
+        self.vae_scale_factor = vae_scale_factor
+        self.patch_size = patch_size
+        self.image_processor = SimpleNamespace(config=SimpleNamespace(vae_scale_factor=packed))
+
+    def __call__(
+        self, prompt: str, num_inference_steps: int, generator: Any, callback_on_step_end: Any, width: int
+    ) -> Any: ...
+
+
+@pytest.mark.parametrize(
+    ("pipe", "multiple"),
+    [
+        (StandIn(8), 8),  # SD 1.x, SDXL
+        (StandIn(8, patch_size=2), 16),  # SD3: 2x2 patches of latents
+        (StandIn(8, packed=16), 16),  # FLUX.1, Z-Image: 2x2 latents packed into a token
+        (StandIn(2, packed=4), 8),  # their tiny pipelines: never below diffusers' 8
+    ],
+)
+def test_sizes_must_fit_the_pipelines_latent_grid(pipe: StandIn, multiple: int) -> None:
+    gen = DiffusersGenerator(pipe, previews=False)  # type: ignore[arg-type]
+    assert gen.size_multiple == multiple
+    with pytest.raises(InvalidJob, match=f"a positive multiple of {multiple}"):
+        gen.validate_params({"width": multiple + 8 if multiple > 8 else 12})
 
 
 # -- through the queue --------------------------------------------------------------------------

@@ -75,6 +75,7 @@ _OWNED = frozenset(
         "output_type",  # the queue stores PIL images
         "return_dict",
         "ip_adapter_image",  # images and tensors cannot be stored as JSON job parameters
+        "negative_ip_adapter_image",
     }
 )
 """Pipeline arguments a job may not set; so are all ``*_embeds`` tensors."""
@@ -215,7 +216,7 @@ class DiffusersGenerator:
         self.size_multiple: int = self._size_multiple(pipeline)
         self.preview_interval = float(preview_interval)
         self.previewer: Previewer | None = None
-        """Makes the previews (None when they are off); a public attribute so benchmarks can time it."""
+        """Makes the previews; None when they are off. ``previewer.format`` names the latent map in use."""
         if previews:
             self._check_preview_vae(pipeline, preview_vae)
             self.previewer = Previewer(pipeline, vae=preview_vae)
