@@ -60,7 +60,7 @@ class DenoisedTap:
         self._step: Callable[..., Any] | None = getattr(scheduler, "step", None)
         self._signature = inspect.signature(self._step) if callable(self._step) else None
         self._installed = False
-        self._last: tuple[Any, torch.Tensor, torch.Tensor, Any, float | None] | None = None
+        self._last: tuple[Any, torch.Tensor, torch.Tensor, Any, int | None] | None = None
 
     def __enter__(self) -> DenoisedTap:
         signature = self._signature
@@ -89,30 +89,30 @@ class DenoisedTap:
             bound.arguments["model_output"],
             bound.arguments["sample"],
             bound.arguments["timestep"],
-            self._sigma_taken(),
+            self._index_taken(),
         )
         if wants_object or not isinstance(out, BaseOutput):
             return out
         return out.to_tuple()
 
-    def _sigma_taken(self) -> float | None:
-        """The sigma of the step just taken, for flow matching (its index has moved on by one)."""
+    def _index_taken(self) -> int | None:
+        """Flow matching: the index of the step just taken (the scheduler's has moved on by one)."""
         scheduler = self.scheduler
         if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler) or scheduler.step_index is None:
             return None
-        return float(scheduler.sigmas[scheduler.step_index - 1])
+        return int(scheduler.step_index) - 1
 
     def estimate(self) -> torch.Tensor | None:
         """x0 as of the latest step, in the same layout as the pipeline's latents (packed or not)."""
         if self._last is None:
             return None
-        out, prediction, sample, timestep, sigma = self._last
+        out, prediction, sample, timestep, flow_index = self._last
         for field in ("pred_original_sample", "denoised"):
             given = getattr(out, field, None)
             if isinstance(given, torch.Tensor):
                 return given
-        if sigma is not None:
-            return x0_from_velocity(sample, prediction, sigma)
+        if flow_index is not None:  # sigmas stay put during a call: read only when asked
+            return x0_from_velocity(sample, prediction, float(self.scheduler.sigmas[flow_index]))
         return self._from_schedule(prediction, sample, timestep)
 
     def _from_schedule(self, prediction: torch.Tensor, sample: torch.Tensor, timestep: Any) -> torch.Tensor | None:
