@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, overload
 
-import torch
-
 from .quiet import quiet_logs
 
 if TYPE_CHECKING:
@@ -54,7 +52,9 @@ def tiny_pipeline(family: str = "sd", *, device: str = "cpu") -> DiffusionPipeli
     """
     if family not in TINY_FAMILIES:
         raise ValueError(f"family={family!r} is not one of {', '.join(TINY_FAMILIES)}")
-    with quiet_logs():
+    with quiet_logs():  # torch and diffusers load here, not when this module is imported
+        import torch
+
         from .families import BUILDERS
 
         pipe = BUILDERS[family]()
