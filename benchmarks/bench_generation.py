@@ -28,7 +28,7 @@ from imgnb import ImageQueue
 from imgnb.gen import tiny_pipeline
 
 
-def sd15_random(device: str) -> Any:
+def sd15_random(device: str, dtype: torch.dtype = torch.float16) -> Any:
     """SD 1.5's architecture with random weights (860M-parameter UNet), built from configs offline."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -71,7 +71,7 @@ def sd15_random(device: str) -> Any:
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, torch.float16)
+    return pipe.to(device, dtype)
 
 
 def bare_loop(pipe: Any, prompts: list[str], params: dict[str, Any]) -> float:

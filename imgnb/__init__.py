@@ -24,11 +24,12 @@ from .errors import (
     QueueClosed,
     QueueConfigError,
     SchemaVersionError,
+    UnsupportedPipeline,
 )
 from .queue import ImageQueue, Job
 
 if TYPE_CHECKING:
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from .gen.tiny import tiny_pipeline
 
 __all__ = [
     "DatabaseError",
@@ -54,15 +55,15 @@ __all__ = [
     "QueueConfigError",
     "RetryPolicy",
     "SchemaVersionError",
+    "UnsupportedPipeline",
     "tiny_pipeline",
 ]
 
 
-def tiny_pipeline(**kwargs: Any) -> StableDiffusionPipeline:
-    """A real Stable Diffusion pipeline with tiny random weights, built offline in well under a second.
+def __getattr__(name: str) -> Any:
+    """``tiny_pipeline`` is imported lazily: torch and diffusers load only when a pipeline is asked for."""
+    if name == "tiny_pipeline":
+        from .gen.tiny import tiny_pipeline
 
-    Imported lazily: torch and diffusers load only when a pipeline is asked for.
-    """
-    from .gen.tiny import tiny_pipeline as build
-
-    return build(**kwargs)
+        return tiny_pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,7 @@ __all__ = [
     "QueueClosed",
     "QueueConfigError",
     "SchemaVersionError",
+    "UnsupportedPipeline",
 ]
 
 
@@ -96,3 +97,7 @@ class NotADatabase(DatabaseError):
 
 class SchemaVersionError(DatabaseError):
     """The database was written by an incompatible version of imgnb."""
+
+
+class UnsupportedPipeline(ImgnbError, TypeError):
+    """This pipeline cannot run imgnb jobs: its ``__call__`` lacks an argument imgnb needs."""

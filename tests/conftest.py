@@ -5,6 +5,7 @@ Fixtures that start outside services live in ``tests/fixtures/`` and are loaded 
 - ``tests.fixtures.postgres``: ``postgres_server``, ``postgres_url``, ``pg_db_url``
 - ``tests.fixtures.jupyterlab``: ``jupyterlab_server``, ``chromium_executable``, ``lab_browser``, ``lab``
 - ``tests.fixtures.queues``: ``db_url`` (SQLite and PostgreSQL), ``db_path``, ``make_queue``, ``store``
+- ``tests.fixtures.pipelines``: ``tiny_pipelines`` (one tiny pipeline per family, built once per run)
 
 Add fixtures of your own below the plugin list, or in a module of their own under ``tests/fixtures/``.
 """
@@ -15,4 +16,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.jupyterlab",
     "tests.fixtures.queues",
+    "tests.fixtures.pipelines",
 ]

@@ -178,3 +178,24 @@ def test_images_survive_a_restart(pipe: StableDiffusionPipeline, make_queue: Mak
     again = make_queue(db_path).get(job.id)
     assert again.status is JobStatus.COMPLETE and Path(again.images[0]).is_file()
     assert np.array_equal(np.asarray(again.result(timeout=1)[0]), first)
+
+
+def test_previews_of_a_real_pipeline_reach_the_job(
+    pipe: StableDiffusionPipeline, make_queue: MakeQueue, db_path: str
+) -> None:
+    q = make_queue(db_path, pipeline=pipe, preview_interval=0.001)
+    sizes: list[tuple[int, int]] = []
+    job = q.submit("previewed", **{**PARAMS, "steps": 12})
+    q.subscribe(lambda e: sizes.append(job.preview.size) if e.job_id == job.id and job.preview else None)
+    job.result(timeout=60)
+    assert sizes and all(size == (64, 64) for size in sizes)  # decoded from the latents, at the image's size
+    assert job.preview is None
+
+
+def test_previews_can_be_turned_off(pipe: StableDiffusionPipeline, make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, pipeline=pipe, previews=False)
+    seen: list[object] = []
+    job = q.submit("plain", **PARAMS)
+    q.subscribe(lambda e: seen.append(job.preview))
+    job.result(timeout=60)
+    assert seen and all(p is None for p in seen)

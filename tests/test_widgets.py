@@ -467,7 +467,7 @@ async def test_board_shows_running_jobs_and_recent_results(
     good = q.submit("a good one")
     bad = q.submit("please <fail>", max_retries=0)
     await until(lambda: board.running_box.children)
-    label, bar = board.running_box.children[0].children
+    _preview, label, bar = board.running_box.children[0].children
     await until(lambda: bar.description.startswith("step"))
     assert "a good one" in label.value
     await good
@@ -539,3 +539,23 @@ async def test_bundle_in_a_kernel_carries_the_live_widget(
     board = live_widgets[board_bundle[WIDGET_VIEW]["model_id"]]
     assert isinstance(board, QueueBoard) and q.widget() is board
     assert board_bundle["text/plain"] == "<ImageQueue not started: 1 queued>"
+
+
+async def test_live_preview_in_the_card_and_the_board_then_the_result(
+    comms: list[DummyComm], make_queue: MakeQueue, db_path: str
+) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(steps=40, step_time=0.02, previews=True), start=False)
+    job = q.submit("previewed")
+    assert job.preview is None  # before its first step
+    card, board = JobCard(job), QueueBoard(q)
+    greys: set[int] = set()
+    q.subscribe(lambda e: greys.add(job.preview.getpixel((0, 0))[0]) if job.preview is not None else None)
+    q.start()
+    await until(lambda: job.preview is not None and job.preview.getpixel((0, 0))[0] > 0)
+    await until(lambda: card.thumbnail.format == "jpeg" and bytes(card.thumbnail.value)[:2] == b"\xff\xd8")
+    preview_box = board.running_box.children[0].children[0]
+    await until(lambda: preview_box.layout.display == "" and bytes(preview_box.value)[:2] == b"\xff\xd8")
+    await job
+    assert len(greys) > 10  # the preview followed the steps
+    assert job.preview is None  # the result replaces it
+    await until(lambda: card.thumbnail.format == "png" and bytes(card.thumbnail.value).startswith(b"\x89PNG"))

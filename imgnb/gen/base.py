@@ -1,8 +1,9 @@
 """What the queue needs from a generator, and the optional hooks it uses when present.
 
 A generator is any callable ``generator(request, on_step) -> list[PIL.Image.Image]``. It calls
-``on_step(step, total)`` after each step; ``on_step`` raises ``JobInterrupted`` (``JobTimedOut``
-for a timeout) when the job must stop, and the generator lets it propagate.
+``on_step(step, total)`` after each step, or ``on_step(step, total, previews)`` when it has preview
+images of the job so far; ``on_step`` raises ``JobInterrupted`` (``JobTimedOut`` for a timeout)
+when the job must stop, and the generator lets it propagate.
 
 Optional capabilities, each a protocol below that the queue checks with ``isinstance``:
 
@@ -20,7 +21,7 @@ the stored PNG's text chunks next to the job's prompt, seed and parameters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..core.records import GenerationRequest
@@ -30,8 +31,19 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchGenerator", "Generator", "OnDevice", "OnStep", "ParamsChecker"]
 
-OnStep = Callable[[int, int], None]
-"""``on_step(step, total)``: step counts from 1; raises ``JobInterrupted`` to stop the job."""
+
+class OnStep(Protocol):
+    """``on_step(step, total, previews=None)``: step counts from 1; raises ``JobInterrupted`` to stop the job.
+
+    ``previews``, when given, holds one small image (longest side at most 256 px) per request of the
+    call, in request order (one for a plain call, one per job for ``generate_batch``): what each job
+    is becoming. A generator gives it now and then (``DiffusersGenerator``: at most every
+    ``preview_interval`` seconds) and None or nothing on other steps: an ``on_step`` takes a third
+    argument and does not require it. It runs on the generation thread: hand the images on, do not
+    draw them there.
+    """
+
+    def __call__(self, step: int, total: int, previews: Sequence[Image] | None = None, /) -> None: ...
 
 
 @runtime_checkable

@@ -1,9 +1,18 @@
-"""The queue's adapter for any diffusers text-to-image pipeline (SD 1.x/2.x, SDXL and kin).
+"""The queue's adapter for any diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, SD3, FLUX.1, Z-Image...).
 
 Parameters are not hard-coded per pipeline class: the pipeline's ``__call__`` signature says what
 it takes, so one adapter serves every pipeline whose ``__call__`` takes ``prompt``,
-``num_inference_steps``, ``generator`` and ``callback_on_step_end``. Users say ``steps`` for
-``num_inference_steps``; the parameters imgnb itself provides (``_OWNED``) are refused.
+``num_inference_steps``, ``generator`` and ``callback_on_step_end``; a pipeline without them (PixArt-Sigma
+has only the older ``callback``) is refused with ``UnsupportedPipeline``. Users say ``steps`` for
+``num_inference_steps``; the parameters imgnb itself provides (``_OWNED``) are refused. Family quirks
+come from the signature too: SD3's ``prompt_3``, FLUX.1's ``true_cfg_scale`` (a negative prompt is
+refused unless it is above 1, because the pipeline would silently ignore it), Z-Image's
+``cfg_truncation``. FLUX.1 [dev] takes ``guidance_scale`` as an input of the model (one pass per
+step); FLUX.1 [schnell] ignores it.
+
+Previews: while a job runs, ``on_step`` also receives small preview images (see ``preview`` and
+``denoised``): the model's current estimate of the finished image, at most one set per
+``preview_interval`` seconds, made on the generation thread in well under a millisecond.
 
 Progress and stopping go through ``callback_on_step_end``: it calls ``on_step``, and when that
 raises ``JobInterrupted`` the exception leaves the pipeline's loop at once, before the next step and
@@ -28,16 +37,20 @@ import inspect
 import json
 import logging
 import math
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 
 from ..core.records import GenerationRequest
 from ..core.validation import invalid
-from ..errors import InvalidJob
+from ..errors import InvalidJob, UnsupportedPipeline
 from .base import OnStep
+from .denoised import DenoisedTap
+from .preview import Previewer
 
 if TYPE_CHECKING:
     from diffusers.pipelines.pipeline_utils import DiffusionPipeline
@@ -62,6 +75,7 @@ _OWNED = frozenset(
         "output_type",  # the queue stores PIL images
         "return_dict",
         "ip_adapter_image",  # images and tensors cannot be stored as JSON job parameters
+        "negative_ip_adapter_image",
     }
 )
 """Pipeline arguments a job may not set; so are all ``*_embeds`` tensors."""
@@ -120,12 +134,23 @@ _CHECKS: dict[str, Check] = {
     "width": _check_size,
     "height": _check_size,
     "guidance_scale": _check_non_negative,
+    "true_cfg_scale": _check_non_negative,
+    "max_sequence_length": _check_count,
     "guidance_rescale": _check_non_negative,
     "eta": _check_non_negative,
     "num_images_per_prompt": _check_count,
     "clip_skip": _check_clip_skip,
 }
 """Checks for the common parameters; others go to the pipeline as given (the core checks JSON)."""
+
+
+def _takes_previews(on_step: OnStep) -> bool:
+    """Whether ``on_step`` accepts a third argument: older callbacks take ``(step, total)`` only."""
+    try:
+        inspect.signature(on_step).bind(1, 1, None)
+    except (TypeError, ValueError):  # ValueError: a callable with no inspectable signature
+        return False
+    return True
 
 
 def _is_text(name: str) -> bool:
@@ -141,16 +166,38 @@ class DiffusersGenerator:
     defaults to the pipeline's execution device. The pipeline is not moved: call ``pipe.to(...)``
     (or enable offloading) first. ``name`` is the model recorded with each image; it defaults to
     ``pipe.name_or_path``. The pipeline's progress bar is switched off: the queue reports progress.
+
+    Previews: with ``previews=True`` (the default) a step's ``on_step`` call carries, at most once
+    per ``preview_interval`` seconds (the first step always), a list of small preview images, one
+    per request of the call; other steps carry None. ``preview_vae`` is an optional
+    ``AutoencoderTiny`` on the latents of this pipeline's family (TAESD for SD 1.x, TAESDXL, TAESD3,
+    TAEF1...) for sharper previews; without it a linear map of the latents is used and nothing is
+    downloaded. An ``on_step`` that takes only ``(step, total)`` gets no previews, and costs none.
     """
 
-    def __init__(self, pipeline: DiffusionPipeline, *, device: str | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: DiffusionPipeline,
+        *,
+        device: str | None = None,
+        name: str | None = None,
+        previews: bool = True,
+        preview_interval: float = 0.25,
+        preview_vae: Any = None,
+    ) -> None:
         signature = inspect.signature(pipeline.__call__)
         missing = [arg for arg in _REQUIRED if arg not in signature.parameters]
         if missing:
-            raise TypeError(f"{type(pipeline).__name__}.__call__ lacks {', '.join(missing)}; imgnb needs {_REQUIRED}")
+            raise UnsupportedPipeline(
+                f"{type(pipeline).__name__}.__call__ lacks {', '.join(missing)}: imgnb needs {', '.join(_REQUIRED)}. "
+                "callback_on_step_end is how imgnb reports each step and stops a cancelled or timed-out job before "
+                "the next one; the older callback/callback_steps cannot stop a run before the image is decoded."
+            )
         runs_on = self._execution_device(pipeline)
         if device is not None and torch.device(device).type != runs_on.type:
             raise ValueError(f"device={device!r} but the pipeline runs on {runs_on}; move it with pipe.to({device!r})")
+        if not (_is_real(preview_interval) and preview_interval >= 0):
+            raise ValueError(f"preview_interval={preview_interval!r}: give a finite number of seconds >= 0")
         self.pipeline = pipeline
         self.device = device if device is not None else str(runs_on)
         self.name: str = name or getattr(pipeline, "name_or_path", None) or type(pipeline).__name__
@@ -166,13 +213,40 @@ class DiffusersGenerator:
         self.default_steps: int = default_steps if _is_int(default_steps) else 50
         scheduler_config = getattr(getattr(pipeline, "scheduler", None), "config", None)
         self.max_steps: int = int(getattr(scheduler_config, "num_train_timesteps", None) or 1000)
-        # diffusers' pipelines refuse sizes that are not multiples of 8; latents shrink by
-        # vae_scale_factor and transformer pipelines (SD3) patchify them again by patch_size.
-        patch = getattr(pipeline, "patch_size", 1)
-        scale = int(getattr(pipeline, "vae_scale_factor", 8)) * (patch if _is_int(patch) else 1)
-        self.size_multiple: int = math.lcm(8, scale)
+        self.size_multiple: int = self._size_multiple(pipeline)
+        self.preview_interval = float(preview_interval)
+        self.previewer: Previewer | None = None
+        """Makes the previews; None when they are off. ``previewer.format`` names the latent map in use."""
+        if previews:
+            self._check_preview_vae(pipeline, preview_vae)
+            self.previewer = Previewer(pipeline, vae=preview_vae)
+        self._preview_failed = False
         if hasattr(pipeline, "set_progress_bar_config"):
             pipeline.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _size_multiple(pipeline: DiffusionPipeline) -> int:
+        """diffusers' pipelines refuse (or silently resize) sizes off their grid: multiples of 8; of
+        ``vae_scale_factor * patch_size`` for transformers that patchify latents (SD3); of their image
+        processor's factor for pipelines that pack 2x2 latents into tokens (FLUX.1, Z-Image: 16)."""
+        patch = getattr(pipeline, "patch_size", 1)
+        scale = int(getattr(pipeline, "vae_scale_factor", 8)) * (patch if _is_int(patch) else 1)
+        processor = getattr(getattr(pipeline, "image_processor", None), "config", None)
+        packed = getattr(processor, "vae_scale_factor", 1)
+        return math.lcm(8, scale, packed if _is_int(packed) and packed > 0 else 1)
+
+    @staticmethod
+    def _check_preview_vae(pipeline: DiffusionPipeline, vae: Any) -> None:
+        if vae is None:
+            return
+        wanted = getattr(getattr(getattr(pipeline, "vae", None), "config", None), "latent_channels", None)
+        given = getattr(getattr(vae, "config", None), "latent_channels", None)
+        if not callable(getattr(vae, "decode", None)) or given is None:
+            raise TypeError(f"preview_vae={vae!r}: give an AutoencoderTiny (a VAE with decode and config)")
+        if wanted is not None and given != wanted:
+            raise ValueError(
+                f"preview_vae decodes {given}-channel latents, {type(pipeline).__name__} makes {wanted}-channel ones"
+            )
 
     def __repr__(self) -> str:
         return f"DiffusersGenerator({type(self.pipeline).__name__}, name={self.name!r}, device={self.device!r})"
@@ -201,7 +275,19 @@ class DiffusersGenerator:
                 checked[field] = _check_text(self, field, value)
             else:
                 checked[field] = value
+        self._check_true_cfg(checked)
         return checked
+
+    def _check_true_cfg(self, params: Mapping[str, Any]) -> None:
+        """FLUX.1 and QwenImage use a negative prompt only with ``true_cfg_scale > 1`` (two model passes
+        a step); below, they ignore it without a word. Refuse the job rather than ignore what it asked."""
+        if "true_cfg_scale" not in self._parameters:
+            return
+        scale = params.get("true_cfg_scale", self._parameters["true_cfg_scale"].default)
+        for field, value in params.items():
+            if field.startswith("negative_prompt") and _is_text(field) and not (_is_real(scale) and scale > 1):
+                why = f"only with true_cfg_scale > 1 ({type(self.pipeline).__name__} ignores it otherwise)"
+                raise invalid(field, value, why)
 
     def _unknown(self, field: str, value: object) -> InvalidJob:
         names = ", ".join(sorted(self._accepted))
@@ -231,7 +317,7 @@ class DiffusersGenerator:
         params = self.validate_params(request.params)
         texts = {field: value for field, value in params.items() if _is_text(field)}
         # One prompt and one generator, exactly as a bare pipe(prompt, generator=...) call.
-        return self._run(request.prompt, texts, self._seeded(request.seed), params, on_step)
+        return self._run(request.prompt, texts, self._seeded(request.seed), params, on_step, firsts=[0])
 
     def generate_batch(self, requests: Sequence[GenerationRequest], on_step: OnStep) -> list[list[Image]]:
         """One pipeline call for requests with the same ``batch_key``; their images, per request."""
@@ -248,7 +334,8 @@ class DiffusersGenerator:
         for request in requests:
             generators += [self._seeded(request.seed)] * per_prompt
         prompts = [request.prompt for request in requests]
-        images = self._run(prompts, texts, generators, params, on_step)
+        firsts = [i * per_prompt for i in range(len(requests))]
+        images = self._run(prompts, texts, generators, params, on_step, firsts=firsts)
         return [images[i * per_prompt : (i + 1) * per_prompt] for i in range(len(requests))]
 
     def _run(
@@ -258,28 +345,46 @@ class DiffusersGenerator:
         generator: torch.Generator | list[torch.Generator],
         params: Mapping[str, Any],
         on_step: OnStep,
+        *,
+        firsts: list[int],
     ) -> list[Image]:
+        """One pipeline call. ``firsts``: the index, in the call's batch, of each request's first image."""
         steps = int(params.get(_STEPS, self.default_steps))
+        previewing = self.previewer is not None and _takes_previews(on_step)
+        size = self._image_size(params)
+        tap = DenoisedTap(getattr(self.pipeline, "scheduler", None)) if previewing else None
+        last_preview = -math.inf
 
         def on_step_end(pipe: Any, index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal last_preview
             # Second-order schedulers (Heun, DPM2) call back about twice per step: count timesteps.
             total = getattr(pipe, "num_timesteps", None)
-            on_step(index + 1, total if _is_int(total) and total > index else steps)
-            return callback_kwargs  # the loop pops the latents from what it gets back
+            step, total = index + 1, total if _is_int(total) and total > index else steps
+            if not previewing:
+                on_step(step, total)
+                return callback_kwargs  # the loop pops the latents from what it gets back
+            previews = None
+            if time.monotonic() - last_preview >= self.preview_interval:
+                assert tap is not None
+                previews = self._previews(tap.estimate(), callback_kwargs.get("latents"), firsts, size)
+                last_preview = time.monotonic()
+            on_step(step, total, previews)
+            return callback_kwargs
 
         kwargs = self._pipeline_kwargs(params)
         kwargs.update(texts)
         # DiffusionPipeline declares no __call__; every pipeline class defines its own.
         call = cast(Callable[..., Any], self.pipeline)
         try:
-            output = call(
-                prompt=prompt,
-                generator=generator,
-                callback_on_step_end=on_step_end,
-                output_type="pil",
-                return_dict=True,
-                **kwargs,
-            )
+            with tap if tap is not None else nullcontext():
+                output = call(
+                    prompt=prompt,
+                    generator=generator,
+                    callback_on_step_end=on_step_end,
+                    output_type="pil",
+                    return_dict=True,
+                    **kwargs,
+                )
         except torch.cuda.OutOfMemoryError as exc:  # the same class as torch.OutOfMemoryError since torch 2.5
             self._reset()
             self._free_memory(exc)
@@ -290,6 +395,32 @@ class DiffusersGenerator:
         images: list[Image] = list(output.images)
         self._annotate(images, getattr(output, "nsfw_content_detected", None))
         return images
+
+    def _image_size(self, params: Mapping[str, Any]) -> tuple[int, int] | None:
+        """The call's ``(height, width)``: the job's, else the pipeline's default where it says it."""
+        default_latent = getattr(self.pipeline, "default_sample_size", None)
+        scale = getattr(self.pipeline, "vae_scale_factor", None)
+        default = default_latent * scale if _is_int(default_latent) and _is_int(scale) else None
+        height, width = params.get("height", default), params.get("width", default)
+        return (height, width) if _is_int(height) and _is_int(width) else None
+
+    def _previews(
+        self, estimate: torch.Tensor | None, latents: object, firsts: list[int], size: tuple[int, int] | None
+    ) -> list[Image] | None:
+        """Each request's first image, previewed from x0 where the scheduler gives it, else the latents.
+
+        A preview must never fail a job: a failure is logged once and that step has no preview.
+        """
+        chosen = estimate if estimate is not None else latents
+        if self.previewer is None or not isinstance(chosen, torch.Tensor) or max(firsts) >= len(chosen):
+            return None
+        try:
+            return self.previewer(chosen[firsts], size=size)
+        except Exception:
+            if not self._preview_failed:
+                self._preview_failed = True
+                logger.warning("imgnb: no previews from %s", self, exc_info=True)
+            return None
 
     def _pipeline_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}

@@ -36,6 +36,8 @@ from .processes import alive, host_name, new_owner
 from .worker import DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from ..widgets import QueueBoard
 
 __all__ = ["ImageQueue"]
@@ -56,7 +58,7 @@ T = TypeVar("T")
 _BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
 
 
-def _generators(generator: Any, pipeline: Any) -> dict[str, Generator]:
+def _generators(generator: Any, pipeline: Any, *, previews: bool, preview_interval: float) -> dict[str, Generator]:
     """Device name -> generator, from ``generator=`` or ``pipeline=`` (one, or a dict by device)."""
     if generator is not None and pipeline is not None:
         raise QueueConfigError("give generator= or pipeline=, not both")
@@ -67,7 +69,9 @@ def _generators(generator: Any, pipeline: Any) -> dict[str, Generator]:
         pipes = pipeline if isinstance(pipeline, Mapping) else {None: pipeline}
         # the adapter names the device the pipeline computes on (its execution device, which
         # differs from ``pipe.device`` under model offloading): that is the device to lock
-        gens = {d: DiffusersGenerator(p) for d, p in pipes.items()}
+        gens = {
+            d: DiffusersGenerator(p, previews=previews, preview_interval=preview_interval) for d, p in pipes.items()
+        }
     elif generator is None:
         return {}
     else:
@@ -100,10 +104,14 @@ class ImageQueue:
         retry_policy: RetryPolicy | None = None,
         lease: LeasePolicy | None = None,
         store: Store | None = None,
+        previews: bool = True,
+        preview_interval: float = 0.25,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise QueueConfigError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1 (1: batching off)")
-        generators = _generators(generator, pipeline)
+        if not (isinstance(preview_interval, (int, float)) and preview_interval > 0):
+            raise QueueConfigError(f"preview_interval={preview_interval!r} is invalid; allowed: seconds > 0")
+        generators = _generators(generator, pipeline, previews=previews, preview_interval=float(preview_interval))
         self.retry_policy = retry_policy or RetryPolicy()
         self.lease_policy = lease or LeasePolicy()
         self.host = host_name()
@@ -121,6 +129,7 @@ class ImageQueue:
         self._mirror = QueueMirror(*self.store.queued_snapshot())
         self._handles: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
         self._steps: dict[int, tuple[int, int]] = {}
+        self._previews: dict[int, Image] = {}  # the latest preview of each job running here
         self._loop = QueueLoop()
         self._bus = EventBus()
         self._db_executor = DaemonExecutor("imgnb-db")
@@ -413,6 +422,10 @@ class ImageQueue:
         """``(step, total)`` of a job running in this process, else None."""
         return self._steps.get(job_id)
 
+    def preview_of(self, job_id: int) -> Image | None:
+        """The latest preview of a job running in this process, else None."""
+        return self._previews.get(job_id)
+
     # -- internals ------------------------------------------------------------------------------
 
     def _handle(self, record: JobRecord) -> Job:
@@ -436,6 +449,7 @@ class ImageQueue:
         for record in records:
             if record.status is not JobStatus.PROCESSING:
                 self._steps.pop(record.id, None)
+                self._previews.pop(record.id, None)  # the result replaces it
             elif record.cancel_requested:
                 self._loop.call(self._stop_local, record.id, JobInterrupted("cancelled"))
         events, touched = self._mirror.apply(records, emit=bool(self._bus))
@@ -455,9 +469,10 @@ class ImageQueue:
         for worker in self._workers:
             worker.request_stop(job_id, reason)
 
-    def _on_step(self, job_ids: list[int], step: int, total: int) -> None:
-        """A generation step finished (on the loop thread)."""
+    def _on_step(self, job_ids: list[int], step: int, total: int, previews: dict[int, Image]) -> None:
+        """A generation step finished (on the loop thread), with new previews of some jobs."""
         events = []
+        self._previews.update(previews)
         for job_id in job_ids:
             self._steps[job_id] = (step, total)
             record = self._mirror.record_of(job_id)

@@ -132,6 +132,12 @@ class Job:
         return self._queue.step_of(self._record.id)
 
     @property
+    def preview(self) -> Image | None:
+        """A small image of what the job is becoming, refreshed while it runs in this process (a few
+        times a second at most); None before its first step and once it ends (the result replaces it)."""
+        return self._queue.preview_of(self._record.id)
+
+    @property
     def images(self) -> list[str]:
         """Paths of the stored image files (empty until complete)."""
         return list(self._record.images)

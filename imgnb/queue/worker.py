@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..core.describe import attempt_text
 from ..core.leases import LeasePolicy, deadline
@@ -30,6 +30,9 @@ from ..gen.base import BatchGenerator, Generator
 from ..store import Store
 from .files import save_images
 from .loop import DaemonExecutor, keep_running
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 __all__ = ["DeviceWorker", "WorkerContext"]
 
@@ -54,7 +57,7 @@ class WorkerContext:
     images_dir: Path
     db: RunInDb  # run a store call in the queue's database thread; raises QueueClosed once closed
     publish: Callable[[list[JobRecord]], None]  # records that one write of this process returned
-    report_step: Callable[[list[int], int, int], None]  # a step finished (called on the loop thread)
+    report_step: Callable[[list[int], int, int, dict[int, Image]], None]  # a step (and previews), on the loop
     call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
     may_claim: Callable[[], bool]  # started and not paused (read in the database thread)
     wait_for_work: Callable[[], Awaitable[None]]  # until woken or the next poll; raises QueueClosed
@@ -262,14 +265,15 @@ class DeviceWorker:
         ctx = self.ctx
         ids = [r.id for r in records]
 
-        def on_step(step: int, total: int) -> None:
+        def on_step(step: int, total: int, previews: Sequence[Image] | None = None) -> None:
             stops = [runs[i].stop for i in ids]
             if all(stop is not None for stop in stops):
                 raise stops[0]  # type: ignore[misc]
             live = [i for i in ids if not runs[i].settled]  # a stopped batch mate reports no more steps
             for i in live:
                 runs[i].step = (step, total)
-            ctx.call_on_loop(ctx.report_step, live, step, total)
+            shown = {i: image for i, image in zip(ids, previews, strict=True) if i in live} if previews else {}
+            ctx.call_on_loop(ctx.report_step, live, step, total, shown)
 
         requests = [r.request() for r in records]
         if len(requests) == 1:

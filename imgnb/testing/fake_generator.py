@@ -32,13 +32,15 @@ class FakeGenerator:
     - ``step_time``: seconds slept per step;
     - a job whose prompt contains ``"fail"`` always raises ``TransientError``;
     - a job with parameter ``fail_times=N`` fails its first N runs, then succeeds;
-    - ``ignore_steps=True`` never calls ``on_step`` (a generator that cannot be interrupted).
+    - ``ignore_steps=True`` never calls ``on_step`` (a generator that cannot be interrupted);
+    - ``previews=True`` hands a preview with each step, grey getting lighter as the steps go.
     """
 
     steps: int = 4
     step_time: float = 0.0
     size: int = 16
     ignore_steps: bool = False
+    previews: bool = False
     device: str = "fake"
     calls: list[int] = field(default_factory=list)  # job ids, in the order they ran
     _runs: dict[int, int] = field(default_factory=dict)
@@ -62,7 +64,9 @@ class FakeGenerator:
         for step in range(1, total + 1):
             if self.step_time:
                 time.sleep(self.step_time)
-            if not self.ignore_steps:
+            if self.previews:
+                on_step(step, total, [Image.new("RGB", (8, 8), (255 * step // total,) * 3)])
+            elif not self.ignore_steps:
                 on_step(step, total)
         if "fail" in request.prompt:
             raise TransientError(f"asked to fail by the prompt {request.prompt!r}")

@@ -23,25 +23,31 @@ from ..core.states import JobStatus
 from ..errors import ImgnbError
 from .format import QueuedRow, StepClock, block, counts_html, job_view, queued_html
 from .live import LiveBox, LiveUpdates, assign, hold_all, set_bar
-from .thumbs import thumbnail_png
+from .thumbs import preview_jpeg, thumbnail_png
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from ..queue import ImageQueue, Job
 
 __all__ = ["QueueBoard"]
 
 RECENT_KEPT = 100  # finished job ids remembered; max_recent shows the newest of them
 TILE_SIZE = 96
+PREVIEW_SIZE = 64  # the live preview beside a running job
 
 
 class _RunningRow:
     """One running job: a label with its clocks, and its progress bar."""
 
     def __init__(self) -> None:
-        self.label = w.HTML(layout=w.Layout(width="55%"))
-        self.bar = w.IntProgress(style={"description_width": "initial"}, layout=w.Layout(width="45%"))
-        self.box = w.HBox([self.label, self.bar])
-        self.widgets = [self.label, self.bar, self.box]
+        side = f"{PREVIEW_SIZE}px"
+        self.preview = w.Image(format="jpeg", layout=w.Layout(width=side, height=side, display="none"))
+        self.label = w.HTML(layout=w.Layout(width="50%"))
+        self.bar = w.IntProgress(style={"description_width": "initial"}, layout=w.Layout(width="40%"))
+        self.box = w.HBox([self.preview, self.label, self.bar])
+        self.widgets = [self.preview, self.preview.layout, self.label, self.bar, self.box]
+        self._preview_of: Image | None = None  # the preview on show
 
     def show(self, job: Job, clock: StepClock | None) -> None:
         v = job_view(
@@ -56,6 +62,12 @@ class _RunningRow:
         stalled = "<br>worker stopped responding" if v.bar_text == "stalled" else ""
         assign(self.label, value=block(f"#{job.id} {html.escape(short(job.prompt, 50))}{timing}{stalled}"))
         set_bar(self.bar, value=v.bar_value, max=v.bar_max, description=v.bar_text, bar_style=v.bar_style)
+        preview = job.preview
+        if preview is not self._preview_of:
+            self._preview_of = preview
+            if preview is not None:
+                assign(self.preview, value=preview_jpeg(preview, PREVIEW_SIZE))
+            assign(self.preview.layout, display="" if preview is not None else "none")
 
 
 class _Tile:

@@ -18,9 +18,11 @@ from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from .format import JobView, StepClock, block, job_view
 from .live import LiveBox, LiveUpdates, assign, hold_all, set_bar
-from .thumbs import THUMBNAIL_SIZE, thumbnail_png
+from .thumbs import THUMBNAIL_SIZE, preview_jpeg, thumbnail_png
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from ..queue import Job
 
 __all__ = ["JobCard"]
@@ -34,6 +36,7 @@ class JobCard(LiveBox):
     """A live card for one ``Job``: ``JobCard(job)``, or ``job.widget()``, or ``job`` alone in a cell."""
 
     _thumb_of: str | None  # the image path the thumbnail shows
+    _preview_of: Image | None  # the preview image on show, if any
 
     thumbnail_size = Int(THUMBNAIL_SIZE, help="Largest side of the thumbnail, in pixels.")
 
@@ -46,7 +49,7 @@ class JobCard(LiveBox):
     @observe("thumbnail_size")
     def _size_changed(self, change: dict[str, Any]) -> None:
         if self._live is not None:
-            self._thumb_of = None
+            self._thumb_of = self._preview_of = None
             self._live.mark()
 
     def __init__(self, job: Job, **kwargs: Any) -> None:
@@ -54,6 +57,7 @@ class JobCard(LiveBox):
         self._clock = StepClock()
         self._final_sent = job.status.is_final  # a card opened on a finished job starts final
         self._thumb_of: str | None = None
+        self._preview_of = None
         view = self._view()
         self.title_html = w.HTML(view.title)
         self.status_html = w.HTML(self._status(view))
@@ -144,13 +148,26 @@ class JobCard(LiveBox):
         self._after_refresh(self._job.status)
 
     def _set_thumbnail(self, view: JobView) -> None:
-        if view.image != self._thumb_of:
+        """The stored image once complete; while running, the live preview (a new one is sent only
+        when the generator made one, a few times a second at most)."""
+        preview = self._job.preview
+        if view.image is None and preview is not None:
+            if preview is not self._preview_of:
+                self._preview_of = preview
+                assign(self.thumbnail, format="jpeg", value=preview_jpeg(preview, self.thumbnail_size))
+                self._thumb_of = None
+            shown = True
+        elif view.image != self._thumb_of or self._preview_of is not None:
+            self._preview_of = None
             png = thumbnail_png(view.image, self.thumbnail_size) if view.image else None
             self._thumb_of = view.image if png else None
             if png:
-                assign(self.thumbnail, value=png)
-            side = f"{self.thumbnail_size}px"  # small images are scaled up to it, large ones were shrunk
-            assign(self.thumbnail.layout, display=_shown(png is not None), width=side, height=side)
+                assign(self.thumbnail, format="png", value=png)
+            shown = png is not None
+        else:
+            return
+        side = f"{self.thumbnail_size}px"  # small images are scaled up to it, large ones were shrunk
+        assign(self.thumbnail.layout, display=_shown(shown), width=side, height=side)
 
     def _after_refresh(self, status: JobStatus) -> None:
         if status.is_final:

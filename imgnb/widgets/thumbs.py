@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from PIL import Image
 
-__all__ = ["THUMBNAIL_SIZE", "thumbnail_png", "thumbnail_uri"]
+__all__ = ["THUMBNAIL_SIZE", "preview_jpeg", "thumbnail_png", "thumbnail_uri"]
 
 THUMBNAIL_SIZE = 128
 
@@ -43,3 +43,13 @@ def thumbnail_uri(path: str, size: int = THUMBNAIL_SIZE) -> str | None:
     """The thumbnail as a ``data:`` URI, for HTML that must stand alone (nbviewer, exports)."""
     png = thumbnail_png(path, size)
     return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def preview_jpeg(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A live preview as small JPEG bytes: sent a few times a second while a job runs, so a few KB
+    each (a PNG of a noisy latent is several times larger)."""
+    small = image.copy()
+    small.thumbnail((size, size))
+    out = io.BytesIO()
+    small.convert("RGB").save(out, format="JPEG", quality=80)
+    return out.getvalue()
