@@ -17,6 +17,7 @@ __all__ = [
     "JobNotFound",
     "JobTimedOut",
     "JobWaitTimeout",
+    "MissingExtra",
     "NotADatabase",
     "QueueClosed",
     "QueueConfigError",
@@ -77,6 +78,10 @@ class JobTimedOut(JobInterrupted):
 
 class JobWaitTimeout(ImgnbError, TimeoutError):
     """The job did not finish within the time given to wait for it; it goes on running."""
+
+
+class MissingExtra(ImgnbError, ImportError):
+    """An optional part of imgnb needs a package that is not installed (its message says which extra)."""
 
 
 class QueueClosed(ImgnbError):

@@ -13,7 +13,7 @@ from typing import Any
 from .ordering import RUN_ORDER, OrderKey, order_key
 from .states import JobStatus
 
-__all__ = ["EventKind", "GenerationRequest", "JobEvent", "JobRecord", "JobSpec"]
+__all__ = ["EventKind", "GenerationRequest", "JobEvent", "JobRecord", "JobSpec", "RemovedJob"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +83,7 @@ class EventKind(StrEnum):
     STATUS = "status"  # the job changed status (error, attempts and times may have changed with it)
     POSITION = "position"  # its place in the queue moved
     PROGRESS = "progress"  # a generation step finished
+    REMOVED = "removed"  # pruned from the database (``status`` is the last one it had)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,3 +98,12 @@ class JobEvent:
     error: str | None
     step: int | None = None
     total_steps: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemovedJob:
+    """A job a prune deleted: enough to forget it in memory and to delete its image files."""
+
+    id: int
+    status: JobStatus
+    images: tuple[str, ...] = ()

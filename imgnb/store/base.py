@@ -12,8 +12,9 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.editing import Place
 from ..core.ordering import OrderKey
-from ..core.records import JobRecord, JobSpec
+from ..core.records import JobRecord, JobSpec, RemovedJob
 from ..core.states import JobStatus
 
 __all__ = ["Store"]
@@ -32,8 +33,18 @@ class Store(ABC):
         """One job; raises ``JobNotFound``."""
 
     @abstractmethod
-    def list_jobs(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
-        """Jobs by status and/or group: queued ones in run order, others in submit order."""
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        group: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[JobRecord]:
+        """Jobs by status and/or group: queued ones in run order, others by id (submit order), all
+        reversed with ``newest_first``; ``offset`` jobs skipped, then at most ``limit``. A page reads
+        the page (and the skipped jobs), not the table."""
 
     @abstractmethod
     def counts(self) -> dict[JobStatus, int]:
@@ -117,6 +128,47 @@ class Store(ABC):
     @abstractmethod
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
         """Deep-merge ``patch`` into a job's metadata in one transaction (RFC 7396)."""
+
+    @abstractmethod
+    def recently_finished(self, *, limit: int, group: str | None = None) -> list[JobRecord]:
+        """The ``limit`` jobs that finished last (complete, error, cancelled), newest first, by
+        ``finished_at`` then id."""
+
+    @abstractmethod
+    def prune(
+        self,
+        *,
+        statuses: Collection[JobStatus],
+        group: str | None,
+        finished_before: float | None,
+        keep_last: int | None,
+    ) -> list[RemovedJob]:
+        """Delete, in one transaction, the finished jobs of ``statuses`` (finished ones only) and
+        ``group`` that finished before ``finished_before`` and are not among the ``keep_last`` most
+        recently finished of them (``core.history.pruned_ids`` states the rule); return them. The
+        space they took is given back or reused (SQLite: incremental auto-vacuum)."""
+
+    @abstractmethod
+    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> list[JobRecord]:
+        """Cancel every waiting job of ``statuses`` (queued and/or pending) and ``group`` in one
+        transaction; return them."""
+
+    @abstractmethod
+    def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
+        """Put every job in ``error`` (of ``group``) back at the end of its priority's queue, in
+        their old order, in one transaction; return them in that order."""
+
+    @abstractmethod
+    def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:
+        """Give a waiting job another priority, at the end of that priority's queue (unchanged if
+        it has that priority already). ``IllegalTransition`` for a job that does not wait."""
+
+    @abstractmethod
+    def move(self, job_id: int, *, to: Place | int, now: float) -> list[JobRecord]:
+        """Move a waiting job to the front or back of its priority, or just before the waiting job
+        of the same priority whose id ``to`` is, by new ``seq`` numbers (``core.editing``); return
+        every job renumbered, none when nothing moved. ``IllegalTransition`` when either job does
+        not wait or their priorities differ; nothing moves then."""
 
     @abstractmethod
     def default_images_dir(self) -> Path:

@@ -16,9 +16,9 @@ from sqlmodel import Field, SQLModel
 from ..core.ordering import RUN_ORDER
 from ..core.validation import MAX_GROUP_LENGTH
 
-__all__ = ["SCHEMA_VERSION", "DeviceRow", "JobRow", "MetaRow"]
+__all__ = ["COUNT_TRIGGERS", "SCHEMA_VERSION", "CountRow", "DeviceRow", "JobRow", "MetaRow"]
 
-SCHEMA_VERSION = 2  # 2: JSON columns are text on PostgreSQL too (they were JSONB)
+SCHEMA_VERSION = 3  # 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: counts, history indexes
 
 
 class MetaRow(SQLModel, table=True):
@@ -39,6 +39,12 @@ class JobRow(SQLModel, table=True):
         sa.Index("imgnb_job_run_order", "status", *(sa.text(f"{n} DESC") if d else n for n, d in RUN_ORDER)),
         sa.Index("imgnb_job_revision", "revision"),
         sa.Index("imgnb_job_group", "group_name"),
+        # a page of one status by id, newest or oldest first, reads the page and not the table
+        sa.Index("imgnb_job_status_id", "status", "id"),
+        # pruning by age or "keep the last N", and the board's "recently finished"
+        sa.Index("imgnb_job_finished", "finished_at", "id"),
+        # the smallest seq, below which a job moved to the front of its priority goes
+        sa.Index("imgnb_job_seq", "seq"),
         {"sqlite_autoincrement": True},  # never hand out a used id again, even after deletes
     )
 
@@ -82,3 +88,69 @@ class DeviceRow(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=200)  # "host/cuda:0"
     owner: str | None = Field(default=None, max_length=200)
     lease_until: float | None = None
+
+
+class CountRow(SQLModel, table=True):
+    """How many jobs are in each status, kept by the triggers below inside every write that adds,
+    changes the status of or deletes a job, so a count costs the same at a million jobs as at ten
+    (``GROUP BY status`` took 60 to 100 ms over a million rows on SQLite, measured here)."""
+
+    __tablename__ = "imgnb_count"
+
+    status: str = Field(primary_key=True, max_length=16)
+    n: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+
+
+# SQLite: row triggers, each change one upsert of one counter row.
+_SQLITE_ADD = "INSERT INTO imgnb_count (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;"
+_SQLITE_TAKE = "UPDATE imgnb_count SET n = n - 1 WHERE status = OLD.status;"
+# PostgreSQL: statement triggers over the transition tables: a bulk change of 100,000 jobs updates
+# each counter once, not 100,000 times. Counter rows are upserted in status order, one lock order.
+_PG_COUNT_FUNCTION = """
+CREATE OR REPLACE FUNCTION imgnb_count_rows() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO imgnb_count AS c (status, n)
+      SELECT status, count(*) FROM new_rows GROUP BY status ORDER BY status
+      ON CONFLICT (status) DO UPDATE SET n = c.n + EXCLUDED.n;
+  ELSIF TG_OP = 'DELETE' THEN
+    INSERT INTO imgnb_count AS c (status, n)
+      SELECT status, -count(*) FROM old_rows GROUP BY status ORDER BY status
+      ON CONFLICT (status) DO UPDATE SET n = c.n + EXCLUDED.n;
+  ELSE
+    INSERT INTO imgnb_count AS c (status, n)
+      SELECT status, sum(k) FROM (
+        SELECT status, 1 AS k FROM new_rows UNION ALL SELECT status, -1 AS k FROM old_rows
+      ) AS moved GROUP BY status HAVING sum(k) <> 0 ORDER BY status
+      ON CONFLICT (status) DO UPDATE SET n = c.n + EXCLUDED.n;
+  END IF;
+  RETURN NULL;
+END
+$body$
+"""
+
+
+def _pg_trigger(event: str, tables: str) -> tuple[str, str]:
+    name = f"imgnb_count_{event.lower()}"
+    return (
+        f"DROP TRIGGER IF EXISTS {name} ON imgnb_job",
+        f"CREATE TRIGGER {name} AFTER {event} ON imgnb_job REFERENCING {tables}"
+        " FOR EACH STATEMENT EXECUTE FUNCTION imgnb_count_rows()",
+    )
+
+
+# the statements that keep imgnb_count, by dialect; each may run again harmlessly
+COUNT_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        f"CREATE TRIGGER IF NOT EXISTS imgnb_count_insert AFTER INSERT ON imgnb_job BEGIN {_SQLITE_ADD} END",
+        "CREATE TRIGGER IF NOT EXISTS imgnb_count_update AFTER UPDATE OF status ON imgnb_job"
+        f" WHEN OLD.status IS NOT NEW.status BEGIN {_SQLITE_TAKE} {_SQLITE_ADD} END",
+        f"CREATE TRIGGER IF NOT EXISTS imgnb_count_delete AFTER DELETE ON imgnb_job BEGIN {_SQLITE_TAKE} END",
+    ),
+    "postgresql": (
+        _PG_COUNT_FUNCTION,
+        *_pg_trigger("INSERT", "NEW TABLE AS new_rows"),
+        *_pg_trigger("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        *_pg_trigger("DELETE", "OLD TABLE AS old_rows"),
+    ),
+}

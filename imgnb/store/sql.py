@@ -21,27 +21,46 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
 from ..core.merge import merge_patch
 from ..core.ordering import RUN_ORDER, OrderKey, order_key
-from ..core.records import JobRecord, JobSpec
+from ..core.records import JobRecord, JobSpec, RemovedJob
 from ..core.retry import has_runs_left
-from ..core.states import JobStatus, check_transition
+from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..core.validation import json_data, validate_group, validate_job_id
 from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
-from .schema import SCHEMA_VERSION, DeviceRow, JobRow, MetaRow
+from .schema import COUNT_TRIGGERS, SCHEMA_VERSION, CountRow, DeviceRow, JobRow, MetaRow
 
 __all__ = ["SQLStore"]
 
 job = JobRow.__table__  # type: ignore[attr-defined]
 counters = MetaRow.__table__  # type: ignore[attr-defined]
 device_lock = DeviceRow.__table__  # type: ignore[attr-defined]
+job_count = CountRow.__table__  # type: ignore[attr-defined]
 
 _PG_INIT_LOCK = 0x1AB9  # advisory lock: two processes creating the schema at once take turns
+_HISTORY_INDEXES = ("imgnb_job_status_id", "imgnb_job_finished", "imgnb_job_seq")
+
+
+def _history_schema(dialect: str) -> tuple[str, ...]:
+    """Schema 3, from the declarations in ``schema``: the counts table, its triggers, its first
+    counts, and the indexes that make pages, pruning and moves cheap. Each statement may run again."""
+    compiler = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect}[dialect]()
+    indexes = [ix for ix in job.indexes if ix.name in _HISTORY_INDEXES]
+    return (
+        str(sa.schema.CreateTable(job_count, if_not_exists=True).compile(dialect=compiler)),
+        *COUNT_TRIGGERS[dialect],
+        "DELETE FROM imgnb_count",
+        "INSERT INTO imgnb_count (status, n) SELECT status, count(*) FROM imgnb_job GROUP BY status",
+        *(str(sa.schema.CreateIndex(ix, if_not_exists=True).compile(dialect=compiler)) for ix in indexes),
+    )
+
 
 # from version N to N + 1, by dialect: statements run in the upgrade transaction
 _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
@@ -53,6 +72,7 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
         ),
         "sqlite": (),  # its JSON columns held text already
     },
+    2: {dialect: _history_schema(dialect) for dialect in ("postgresql", "sqlite")},  # counts, history indexes
 }
 
 # Hot-path statements are built once, with bound parameters: building a statement with many
@@ -67,6 +87,10 @@ def _args(**values: Any) -> dict[str, Any]:
 _QUEUED = JobStatus.QUEUED.value
 _PROCESSING = JobStatus.PROCESSING.value
 _RUN_ORDER = tuple(job.c[name].desc() if descending else job.c[name].asc() for name, descending in RUN_ORDER)
+_LAST_TO_RUN_FIRST = tuple(job.c[name].asc() if descending else job.c[name].desc() for name, descending in RUN_ORDER)
+_FINAL = sorted(s.value for s in FINAL_STATUSES)
+_WAITING = sorted(s.value for s in EDITABLE_STATUSES)
+_NEWEST_FINISHED = (job.c.finished_at.desc(), job.c.id.desc())
 _BUMP = sa.update(counters).values(revision=counters.c.revision + 1).returning(counters.c.revision)
 _TAKE_SEQ = sa.update(counters).values(next_seq=counters.c.next_seq + B("b_n")).returning(counters.c.next_seq)
 _REVISION = sa.select(counters.c.revision)
@@ -287,7 +311,7 @@ class SQLStore(Store):
         with self._guarded(opening=True), self._reader.begin() as conn:
             version = self._version(conn)
         if self.dialect == "sqlite" and not self.read_only:
-            self._use_wal()
+            self._use_wal(new=version is None)
         if version == SCHEMA_VERSION:
             return
         if self.read_only:
@@ -304,8 +328,10 @@ class SQLStore(Store):
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
             version = self._version(conn)  # again: another process may have been first
             if version is None:
-                for table in (counters, job, device_lock):
+                for table in (counters, job, device_lock, job_count):
                     table.create(conn, checkfirst=True)
+                for statement in COUNT_TRIGGERS[self.dialect]:
+                    conn.exec_driver_sql(statement)
                 conn.execute(sa.insert(counters).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0))
                 return
             for step in range(version, SCHEMA_VERSION):
@@ -342,12 +368,16 @@ class SQLStore(Store):
             )
         return int(version)
 
-    def _use_wal(self) -> None:
-        """WAL mode, stored in the file: set once, outside any transaction (SQLite requires it)."""
+    def _use_wal(self, *, new: bool) -> None:
+        """WAL mode, stored in the file: set once, outside any transaction (SQLite requires it).
+        A new file also gets incremental auto-vacuum, which SQLite takes only before the first
+        table and before WAL: pages freed by a prune can then be given back (``_give_back_pages``)."""
         with self._guarded(opening=True):
             raw = self.engine.raw_connection()
             try:
                 cursor = raw.cursor()
+                if new:
+                    cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     cursor.execute("PRAGMA journal_mode = WAL")
                 cursor.close()
@@ -459,21 +489,34 @@ class SQLStore(Store):
         with self._read() as conn:
             return self._one(conn, job_id)
 
-    def list_jobs(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        group: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[JobRecord]:
         query = sa.select(job)
         if status is not None:
             query = query.where(job.c.status == JobStatus(status).value)
         if group is not None:
             query = query.where(job.c.group_name == validate_group(group))
-        query = query.order_by(*_RUN_ORDER) if status is JobStatus.QUEUED else query.order_by(job.c.id)
+        if status is JobStatus.QUEUED:
+            query = query.order_by(*(_LAST_TO_RUN_FIRST if newest_first else _RUN_ORDER))
+        else:
+            query = query.order_by(job.c.id.desc() if newest_first else job.c.id)
+        if limit is not None or offset:
+            query = query.limit(limit).offset(offset)
         with self._read() as conn:
             return [_record(r) for r in conn.execute(query)]
 
     def counts(self) -> dict[JobStatus, int]:
+        """From ``imgnb_count``, kept by triggers: the same cost at any number of jobs."""
         with self._read() as conn:
-            rows = conn.execute(sa.select(job.c.status, sa.func.count()).group_by(job.c.status)).all()
-        found = {JobStatus(status): n for status, n in rows}
-        return {s: found.get(s, 0) for s in JobStatus}
+            found = {status: n for status, n in conn.execute(sa.select(job_count.c.status, job_count.c.n))}
+        return {s: int(found.get(s.value, 0)) for s in JobStatus}
 
     def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
         with self._read() as conn:
@@ -757,3 +800,158 @@ class SQLStore(Store):
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # -- history: pages, pruning, editing waiting jobs ------------------------------------------
+
+    def recently_finished(self, *, limit: int, group: str | None = None) -> list[JobRecord]:
+        query = sa.select(job).where(job.c.finished_at.is_not(None), job.c.status.in_(_FINAL))
+        if group is not None:
+            query = query.where(job.c.group_name == validate_group(group))
+        with self._read() as conn:  # walks imgnb_job_finished from its newest end
+            return [_record(r) for r in conn.execute(query.order_by(*_NEWEST_FINISHED).limit(limit))]
+
+    def prune(
+        self,
+        *,
+        statuses: Collection[JobStatus],
+        group: str | None,
+        finished_before: float | None,
+        keep_last: int | None,
+    ) -> list[RemovedJob]:
+        if not set(statuses) <= FINAL_STATUSES:
+            raise ValueError(f"only finished jobs are pruned, not {sorted(set(statuses) - FINAL_STATUSES)}")
+        match = [job.c.status.in_(sorted(s.value for s in statuses))]
+        if group is not None:
+            match.append(job.c.group_name == validate_group(group))
+        with self._write() as (conn, _rev):
+            where = list(match)
+            if finished_before is not None:
+                where.append(job.c.finished_at < finished_before)
+            if keep_last:  # the newest of those pruned is older than the last one kept
+                last_kept = conn.execute(
+                    sa.select(job.c.finished_at, job.c.id)
+                    .where(*match, job.c.finished_at.is_not(None))
+                    .order_by(*_NEWEST_FINISHED)
+                    .offset(keep_last - 1)
+                    .limit(1)
+                ).first()
+                if last_kept is None:
+                    return []
+                where.append(sa.tuple_(job.c.finished_at, job.c.id) < sa.tuple_(*last_kept))
+            rows = conn.execute(sa.delete(job).where(*where).returning(job.c.id, job.c.status, job.c.images)).all()
+        if rows and self.dialect == "sqlite":
+            self._give_back_pages()
+        return [RemovedJob(id=r.id, status=JobStatus(r.status), images=tuple(_loads(r.images, list)[0])) for r in rows]
+
+    def _give_back_pages(self) -> None:
+        """Return the pages a prune freed to the file system (PostgreSQL's autovacuum makes them
+        reusable by itself). A file made before schema 3 has no auto-vacuum: its first prune turns
+        it on with a one-time ``VACUUM``, which rewrites the file (seconds for a million jobs)."""
+        with self._guarded():
+            raw = self.engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                mode = cursor.execute("PRAGMA auto_vacuum").fetchone()[0]
+                cursor.close()
+                # executescript runs a pragma to its end; execute() would free one page per call
+                script = "PRAGMA auto_vacuum = INCREMENTAL; VACUUM;" if mode == 0 else "PRAGMA incremental_vacuum;"
+                raw.driver_connection.executescript(script)  # type: ignore[union-attr]
+            finally:
+                raw.close()
+
+    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> list[JobRecord]:
+        if not set(statuses) <= EDITABLE_STATUSES:
+            raise ValueError(
+                f"only waiting jobs are cancelled in bulk, not {sorted(set(statuses) - EDITABLE_STATUSES)}"
+            )
+        where = [job.c.status.in_(sorted(s.value for s in statuses))]
+        if group is not None:
+            where.append(job.c.group_name == validate_group(group))
+        with self._write() as (conn, rev):
+            rows = conn.execute(
+                sa.update(job)
+                .where(*where)
+                .values(status=JobStatus.CANCELLED.value, finished_at=now, error=None, updated_at=now, revision=rev)
+                .returning(*job.c)
+            ).all()
+        return sorted((_record(r) for r in rows), key=lambda r: r.id)
+
+    def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
+        failed = [job.c.status == JobStatus.ERROR.value]
+        if group is not None:
+            failed.append(job.c.group_name == validate_group(group))
+        with self._write() as (conn, rev):
+            n = conn.execute(sa.select(sa.func.count()).select_from(job).where(*failed)).scalar_one()
+            if not n:
+                return []
+            first = self._take_seq(conn, n)  # fresh numbers, handed out in the jobs' old order
+            ranked = (
+                sa.select(
+                    job.c.id, (sa.func.row_number().over(order_by=(job.c.seq, job.c.id)) + (first - 1)).label("s")
+                )
+                .where(*failed)
+                .subquery()
+            )
+            rows = conn.execute(
+                sa.update(job)
+                .where(job.c.id == ranked.c.id)
+                .values(
+                    seq=ranked.c.s,
+                    status=_QUEUED,
+                    attempts=0,
+                    error=None,
+                    progress=0.0,
+                    images="[]",
+                    started_at=None,
+                    finished_at=None,
+                    run_at=now,
+                    owner=None,
+                    device=None,
+                    batch=None,
+                    cancel_requested=False,
+                    updated_at=now,
+                    revision=rev,
+                )
+                .returning(*job.c)
+            ).all()
+        return sorted((_record(r) for r in rows), key=lambda r: r.seq)
+
+    def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:
+        job_id = validate_job_id(job_id)
+        with self._write() as (conn, rev):
+            current = self._one(conn, job_id)
+            check_editable(job_id, current.status, "given another priority")
+            if current.priority == priority:
+                return current
+            seq = self._take_seq(conn, 1)
+            updated = self._update_one(conn, job_id, priority=priority, seq=seq, updated_at=now, revision=rev)
+            assert updated is not None  # the row is locked by this transaction
+            return updated
+
+    def move(self, job_id: int, *, to: Place | int, now: float) -> list[JobRecord]:
+        job_id = validate_job_id(job_id)
+        with self._write() as (conn, rev):
+            current = self._one(conn, job_id)
+            check_editable(job_id, current.status, "moved")
+            if isinstance(to, Place):
+                plan = Renumbering((job_id,), below=to is Place.FRONT)
+            else:
+                target = self._one(conn, validate_job_id(to))
+                check_target(job_id, current.priority, target.id, target.status, target.priority)
+                order = conn.execute(
+                    sa.select(job.c.id)
+                    .where(job.c.status.in_(_WAITING), job.c.priority == current.priority)
+                    .order_by(job.c.seq, job.c.id)
+                ).scalars()
+                plan = move_before(list(order), job_id, target.id)
+            if not plan.ids:
+                return []
+            lowest = conn.execute(sa.select(sa.func.min(job.c.seq))).scalar_one() if plan.below else 0
+            taken = 0 if plan.below else self._take_seq(conn, len(plan.ids))
+            seqs = new_seqs(plan, lowest=lowest, taken=taken)
+            conn.execute(
+                sa.update(job).where(job.c.id == B("b_id")).values(seq=B("b_seq"), updated_at=now, revision=rev),
+                [_args(id=i, seq=seq) for i, seq in seqs.items()],
+            )
+            rows = conn.execute(sa.select(job).where(job.c.revision == rev)).all()
+        return sorted((_record(r) for r in rows), key=lambda r: r.seq)
