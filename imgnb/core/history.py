@@ -17,7 +17,7 @@ from ..errors import InvalidJob, QueueConfigError
 from .states import FINAL_STATUSES, JobStatus
 from .validation import invalid
 
-__all__ = ["Retention", "prunable_statuses", "pruned_ids", "prune_rule"]
+__all__ = ["Retention", "prunable_statuses", "prune_rule", "pruned_ids"]
 
 
 def _seconds(older_than: object) -> float | None:
