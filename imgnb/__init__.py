@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .core.history import Retention
 from .core.leases import LeasePolicy
 from .core.ordering import Priority
 from .core.records import EventKind, GenerationRequest, JobEvent
@@ -20,6 +21,7 @@ from .errors import (
     JobNotFound,
     JobTimedOut,
     JobWaitTimeout,
+    MissingExtra,
     NotADatabase,
     QueueClosed,
     QueueConfigError,
@@ -49,10 +51,12 @@ __all__ = [
     "JobTimedOut",
     "JobWaitTimeout",
     "LeasePolicy",
+    "MissingExtra",
     "NotADatabase",
     "Priority",
     "QueueClosed",
     "QueueConfigError",
+    "Retention",
     "RetryPolicy",
     "SchemaVersionError",
     "UnsupportedPipeline",

@@ -30,6 +30,7 @@ from imgnb.core.merge import merge_patch
 from imgnb.core.validation import MAX_JSON_BYTES, MAX_JSON_DEPTH, json_data, validate_job
 from imgnb.gen.base import OnStep
 from imgnb.store import SQLStore
+from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
 from tests.fixtures.queues import wait_until
 from tests.test_store_contract import NOW, spec
@@ -277,9 +278,13 @@ def test_missing_tables_and_rows_are_database_errors(sql_store: SQLStore, db_url
     with store.engine.begin() as conn:  # behind the store's back
         conn.execute(sa.text("DROP TABLE imgnb_job"))
     add = lambda: store.add([spec()], batch_keys=[None], now=NOW)  # noqa: E731
-    for call in (add, lambda: store.get(job.id), store.list_jobs, store.counts, lambda: store.changes_since(0)):
+    for call in (add, lambda: store.get(job.id), store.list_jobs, lambda: store.changes_since(0)):
         with pytest.raises(DatabaseError, match=r"failed: (no such table: |relation .)imgnb_job"):
             call()
+    with store.engine.begin() as conn:  # the counts live in a table of their own
+        conn.execute(sa.text("DROP TABLE imgnb_count"))
+    with pytest.raises(DatabaseError, match=r"failed: (no such table: |relation .)imgnb_count"):
+        store.counts()
     with store.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM imgnb_meta"))
     for call in (add, store.queued_snapshot, lambda: SQLStore(db_url), lambda: ImageQueue(db_url)):
@@ -384,7 +389,7 @@ def test_a_version_1_database_is_upgraded(db_url: str) -> None:
     upgraded = SQLStore(db_url)
     try:
         with upgraded.engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == 2
+            assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == SCHEMA_VERSION
             if upgraded.dialect == "postgresql":
                 types = conn.exec_driver_sql(
                     "SELECT data_type FROM information_schema.columns WHERE table_name = 'imgnb_job'"

@@ -84,7 +84,8 @@ class OrderIndex:
         """Place, move (a key) or take out (None) many jobs at once. One ``put`` moves a slice of
         the list, which is fine for a few jobs; for many (a bulk cancel of 100,000) the list is
         rebuilt and sorted once instead: milliseconds rather than minutes."""
-        changes = [(job_id, key) for job_id, key in changes if self._key_of.get(job_id) != key]
+        last = dict(changes)  # where each job ends up
+        changes = [(job_id, key) for job_id, key in last.items() if self._key_of.get(job_id) != key]
         if len(changes) <= max(64, len(self._keys) // 64):
             for job_id, key in changes:
                 if key is None:

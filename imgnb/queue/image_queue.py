@@ -16,19 +16,24 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..core.editing import EDITABLE_STATUSES, Place
+from ..core.history import Retention, prunable_statuses, prune_rule
 from ..core.leases import LeasePolicy
 from ..core.owners import dead_on_host
-from ..core.records import EventKind, GenerationRequest, JobEvent, JobRecord, JobSpec
+from ..core.records import EventKind, GenerationRequest, JobEvent, JobRecord, JobSpec, RemovedJob
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
-from ..core.validation import ParamsValidator, invalid, validate_job, validate_patch
-from ..errors import JobInterrupted, QueueClosed, QueueConfigError
+from ..core.table import TIME_COLUMNS, columns, job_row
+from ..core.validation import ParamsValidator, invalid, parse_priority, validate_job, validate_patch
+from ..errors import JobInterrupted, MissingExtra, QueueClosed, QueueConfigError
 from ..gen.base import BatchGenerator, Generator, ParamsChecker
 from ..store import SQLStore, Store
 from .events import EventBus, Subscriber
+from .files import delete_images as delete_images_of
 from .job import Job, JobState
 from .loop import DaemonExecutor, QueueLoop, keep_running
 from .mirror import QueueMirror
@@ -36,6 +41,7 @@ from .processes import alive, host_name, new_owner
 from .worker import DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
+    import pandas
     from PIL.Image import Image
 
     from ..widgets import QueueBoard
@@ -106,11 +112,16 @@ class ImageQueue:
         store: Store | None = None,
         previews: bool = True,
         preview_interval: float = 0.25,
+        keep: Retention | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise QueueConfigError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1 (1: batching off)")
         if not (isinstance(preview_interval, (int, float)) and preview_interval > 0):
             raise QueueConfigError(f"preview_interval={preview_interval!r} is invalid; allowed: seconds > 0")
+        if keep is not None and not isinstance(keep, Retention):
+            raise QueueConfigError(f"keep={keep!r} is invalid; allowed: None (keep every job) or imgnb.Retention(...)")
+        self.keep = keep  # automatic pruning, on open and then every keep.every seconds
+        self._next_retention = 0.0  # monotonic time of the next automatic prune
         generators = _generators(generator, pipeline, previews=previews, preview_interval=float(preview_interval))
         self.retry_policy = retry_policy or RetryPolicy()
         self.lease_policy = lease or LeasePolicy()
@@ -362,14 +373,25 @@ class ImageQueue:
         self._publish_records([record])
         return self._handle(record)
 
-    def jobs(self, status: str | JobStatus | None = None, group: str | None = None) -> list[Job]:
-        """Jobs by status and/or group; queued ones in run order, the others in submit order."""
-        if status is not None:
-            try:
-                status = JobStatus(status)
-            except ValueError:
-                raise invalid("status", status, ", ".join(s.value for s in JobStatus)) from None
-        records = self.store.list_jobs(status=status, group=group)
+    def jobs(
+        self,
+        status: str | JobStatus | None = None,
+        group: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[Job]:
+        """Jobs by status and/or group; queued ones in run order, the others in submit order, both
+        reversed by ``newest_first``. ``offset`` and ``limit`` read one page: ``q.jobs("complete",
+        limit=50, newest_first=True)`` costs 50 rows at any size of history."""
+        status = _status(status)
+        for name, value, least in (("limit", limit, 0), ("offset", offset, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise invalid(name, value, "an integer >= 0" + (" or None (every job)" if name == "limit" else ""))
+        records = self.store.list_jobs(
+            status=status, group=group, limit=limit, offset=offset, newest_first=bool(newest_first)
+        )
         self._publish_records(records)
         return [self._handle(r) for r in records]
 
@@ -403,6 +425,154 @@ class ImageQueue:
         self._publish_written([record])
         self._wake()
         return self._handle(record)
+
+    def recent(self, n: int = 8, *, group: str | None = None) -> list[Job]:
+        """The ``n`` jobs that finished last (complete, error or cancelled), newest first."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise invalid("n", n, "an integer >= 0")
+        records = self.store.recently_finished(limit=n, group=group)
+        self._publish_records(records)
+        return [self._handle(r) for r in records]
+
+    # -- history: pruning and export -------------------------------------------------------------
+
+    def prune(
+        self,
+        *,
+        older_than: float | timedelta | None = None,
+        keep_last: int | None = None,
+        status: str | JobStatus | None = None,
+        group: str | None = None,
+        delete_images: bool = False,
+    ) -> int:
+        """Remove finished jobs (complete, error, cancelled; never waiting or running ones) and
+        return how many. ``older_than``: only those that finished longer ago (seconds or a
+        timedelta); ``keep_last=N``: never the N that finished last among those matching ``status``
+        and ``group``; with neither, every matching finished job. ``delete_images=True`` deletes
+        their image files too.
+
+        A pruned job is gone for every process: ``get`` raises ``JobNotFound``. A handle to it keeps
+        reading the last state this process saw (its images, if deleted, cannot be loaded)."""
+        seconds, keep = prune_rule(older_than, keep_last)
+        statuses = prunable_statuses(status)
+        self._check_open()
+        removed = self._prune_now(statuses, group, seconds, keep, delete_images=bool(delete_images))
+        self._forget(removed)
+        return len(removed)
+
+    def _prune_now(
+        self,
+        statuses: frozenset[JobStatus],
+        group: str | None,
+        seconds: float | None,
+        keep_last: int | None,
+        *,
+        delete_images: bool,
+    ) -> list[RemovedJob]:
+        """The prune itself, blocking (in the caller's thread, or the database thread for retention)."""
+        removed = self.store.prune(
+            statuses=statuses,
+            group=group,
+            finished_before=None if seconds is None else time.time() - seconds,
+            keep_last=keep_last,
+        )
+        if delete_images:
+            delete_images_of([path for r in removed for path in r.images])
+        return removed
+
+    def _forget(self, removed: list[RemovedJob]) -> None:
+        events = self._mirror.forget(removed, emit=bool(self._bus))
+        if events and not self._loop.loop.is_closed():
+            self._loop.call(self._bus.deliver, events)
+
+    async def _retain_if_due(self) -> None:
+        """Automatic retention (``keep=``), from the watcher: on open, then every ``keep.every`` s."""
+        keep = self.keep
+        if keep is None or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + keep.every
+        removed = await self._db(
+            self._prune_now,
+            prunable_statuses(None),
+            None,
+            keep.older_than_seconds,
+            keep.keep_last,
+            delete_images=keep.delete_images,
+        )
+        self._forget(removed)
+
+    def to_dataframe(self, status: str | JobStatus | None = None, group: str | None = None) -> pandas.DataFrame:
+        """Every job (of ``status`` and/or ``group``) as a pandas DataFrame, one row per job, by id:
+        id, status, model, prompt, seed, each generation parameter in a column of its own, priority,
+        group, attempts, error, created/started/finished times (UTC, timezone-aware), ``waited_s``
+        (submit to the start of its last run), ``run_s`` (that run), ``images`` (paths), and the
+        metadata flattened into ``metadata.<key>.<key>`` columns. CSV or Parquet: ``df.to_csv(...)``.
+
+        Needs pandas (``pip install 'imgnb[pandas]'``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise MissingExtra(
+                "to_dataframe needs pandas, which is not installed: pip install 'imgnb[pandas]'"
+            ) from None
+        rows = [job_row(r) for r in self.store.list_jobs(status=_status(status), group=group)]
+        frame = pd.DataFrame(rows, columns=columns(rows))
+        for name in TIME_COLUMNS:
+            frame[name] = pd.to_datetime(frame[name], unit="s", utc=True)
+        return frame
+
+    # -- editing waiting jobs ----------------------------------------------------------------------
+
+    def set_priority(self, job_id: int, priority: str) -> Job:
+        """Give a queued or pending job another priority ('high', 'normal' or 'low'): it goes to
+        the end of that priority's queue. ``IllegalTransition`` for a job that does not wait."""
+        level = parse_priority(priority)
+        self._check_open()
+        record = self.store.set_priority(job_id, int(level), now=time.time())
+        self._publish_written([record])
+        return self._handle(record)
+
+    def move(self, job_id: int, *, to: str | None = None, before: Job | int | None = None) -> Job:
+        """Move a queued or pending job within its priority: ``to="front"``, ``to="back"``, or
+        ``before=`` another waiting job of the same priority (a ``Job`` or an id). One transaction;
+        every process's positions follow. ``IllegalTransition`` when a job does not wait or the
+        priorities differ, and then nothing moves."""
+        if (to is None) == (before is None):
+            raise invalid("to", to, "either to='front' or 'back', or before=<job>, not both")
+        where: Place | int
+        if to is not None:
+            try:
+                where = Place(to)
+            except ValueError:
+                raise invalid("to", to, "'front' or 'back'") from None
+        else:
+            where = before.id if isinstance(before, Job) else before  # type: ignore[assignment]
+        self._check_open()
+        records = self.store.move(job_id, to=where, now=time.time())
+        self._publish_written(records)
+        mine = [r for r in records if r.id == job_id]
+        return self._handle(mine[0]) if mine else self.get(job_id)
+
+    def cancel_all(self, *, status: str | JobStatus | None = None, group: str | None = None) -> int:
+        """Cancel every waiting job (``status``: 'queued' or 'pending' only; both by default) of
+        ``group`` in one transaction; returns how many. Running jobs go on (``cancel`` each one)."""
+        wanted = _status(status)
+        if wanted is not None and wanted not in EDITABLE_STATUSES:
+            raise invalid("status", status, "None (queued and pending), 'queued' or 'pending'")
+        statuses = EDITABLE_STATUSES if wanted is None else frozenset({wanted})
+        self._check_open()
+        records = self.store.cancel_all(statuses=statuses, group=group, now=time.time())
+        self._publish_written(records)
+        return len(records)
+
+    def retry_failed(self, *, group: str | None = None) -> list[Job]:
+        """Put every job in error (of ``group``) back in the queue in one transaction, each at the
+        end of its priority, in their old order; returns their handles."""
+        self._check_open()
+        records = self.store.requeue_failed(group=group, now=time.time())
+        self._publish_written(records)
+        self._wake()
+        return [self._handle(r) for r in records]
 
     # -- live state: positions and steps, read by Job handles and widgets ----------------------------
 
@@ -540,6 +710,7 @@ class ImageQueue:
             if recovered:
                 self._publish_written(recovered)
                 self._wake()
+        await self._retain_if_due()
         await asyncio.sleep(self.lease_policy.poll)
 
     # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------
@@ -562,3 +733,13 @@ class ImageQueue:
 
     def __repr__(self) -> str:
         return f"<ImageQueue {self.store!r} {self.state}, {self.queued_count()} queued, devices={self.devices}>"
+
+
+def _status(status: object) -> JobStatus | None:
+    """A status as asked for (``"queued"`` or ``JobStatus.QUEUED``), or ``InvalidJob``."""
+    if status is None:
+        return None
+    try:
+        return JobStatus(status)  # type: ignore[arg-type]
+    except ValueError:
+        raise invalid("status", status, ", ".join(s.value for s in JobStatus)) from None

@@ -159,6 +159,24 @@ class Job:
         """Put a failed or cancelled job back in the queue (at the end of its priority)."""
         self._queue.retry(self._record.id)
 
+    def set_priority(self, priority: str) -> None:
+        """Give a queued or pending job another priority ('high', 'normal' or 'low'): it goes to
+        the end of that priority's queue. ``IllegalTransition`` for a job that runs or has ended."""
+        self._queue.set_priority(self._record.id, priority)
+
+    def move_to_front(self) -> None:
+        """Run this waiting job next among the jobs of its priority."""
+        self._queue.move(self._record.id, to="front")
+
+    def move_to_back(self) -> None:
+        """Run this waiting job after every other job of its priority."""
+        self._queue.move(self._record.id, to="back")
+
+    def move(self, *, before: Job | int) -> None:
+        """Run this waiting job just before ``before``, a waiting job of the same priority (a
+        ``Job`` or an id); moving before a job of another priority is refused (``IllegalTransition``)."""
+        self._queue.move(self._record.id, before=before)
+
     def result(self, timeout: float | None = None) -> list[Image]:
         """Wait for the job and return its images; raises ``JobFailed`` or ``JobCancelled``.
 
