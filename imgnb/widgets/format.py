@@ -25,6 +25,7 @@ __all__ = [
     "counts_html",
     "duration",
     "job_view",
+    "more_html",
     "queued_html",
 ]
 
@@ -216,6 +217,11 @@ class QueuedRow:
     priority: str
 
 
+def more_html(more: int) -> str:
+    """How many jobs wait behind those listed."""
+    return f"<div style='color:#757575'>+{more:,} more</div>" if more > 0 else ""
+
+
 def queued_html(rows: Sequence[QueuedRow], more: int) -> str:
     """The head of the queue as a small table, and how many jobs wait behind it."""
     if not rows:
@@ -226,5 +232,5 @@ def queued_html(rows: Sequence[QueuedRow], more: int) -> str:
         f"<td style='color:#757575;padding-left:8px'>{'' if r.priority == 'normal' else r.priority}</td></tr>"
         for r in rows
     )
-    tail = f"<div style='color:#757575'>+{more:,} more</div>" if more > 0 else ""
+    tail = more_html(more)
     return block(f"<table style='border-collapse:collapse'>{cells}</table>{tail}")
