@@ -269,15 +269,17 @@ def test_cancel_all_takes_only_waiting_jobs(store: Store) -> None:
     running = store.claim(owner="w", device="d", now=NOW, lease=10)[0]  # jobs[0]
     pending = store.claim(owner="w", device="e", now=NOW, lease=10)[0]  # jobs[1], then pending
     store.finish(pending.id, owner="w", status=S.PENDING, now=NOW, run_at=NOW + 60)
-    cancelled = store.cancel_all(statuses={S.QUEUED, S.PENDING}, group="g", now=NOW + 1)
-    assert [r.id for r in cancelled] == [jobs[1].id, jobs[2].id]
-    assert all(r.status is S.CANCELLED and r.finished_at == NOW + 1 for r in cancelled)
+    change = store.cancel_all(statuses={S.QUEUED, S.PENDING}, group="g", now=NOW + 1)
+    assert change.ids == (jobs[1].id, jobs[2].id) and change.status is S.CANCELLED
+    assert change.applied_to(jobs[2]) == store.get(jobs[2].id)  # what the stored record now is
+    assert (store.get(jobs[1].id).status, store.get(jobs[1].id).finished_at) == (S.CANCELLED, NOW + 1)
     assert store.get(running.id).status is S.PROCESSING and not store.get(running.id).cancel_requested
     rev, snapshot = store.queued_snapshot()
-    assert [job_id for job_id, _ in snapshot] and {j for j, _ in snapshot} == {jobs[3].id, jobs[4].id}
-    assert [r.id for r in store.cancel_all(statuses={S.QUEUED}, group=None, now=NOW)] == [jobs[3].id, jobs[4].id]
-    assert store.cancel_all(statuses={S.QUEUED}, group=None, now=NOW) == []
-    assert store.changes_since(rev)[1] and store.counts()[S.CANCELLED] == 4
+    assert {j for j, _ in snapshot} == {jobs[3].id, jobs[4].id}
+    assert store.cancel_all(statuses={S.QUEUED}, group=None, now=NOW).ids == (jobs[3].id, jobs[4].id)
+    assert store.cancel_all(statuses={S.QUEUED}, group=None, now=NOW).ids == ()
+    assert [r.id for r in store.changes_since(rev)[1]] == [jobs[3].id, jobs[4].id]
+    assert store.counts()[S.CANCELLED] == 4
 
 
 def test_requeue_failed_goes_to_the_back_in_the_old_order(store: Store) -> None:

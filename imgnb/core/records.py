@@ -6,14 +6,15 @@ timezone-aware datetimes at the edge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from .ordering import RUN_ORDER, OrderKey, order_key
 from .states import JobStatus
 
-__all__ = ["EventKind", "GenerationRequest", "JobEvent", "JobRecord", "JobSpec", "RemovedJob"]
+__all__ = ["BulkChange", "EventKind", "GenerationRequest", "JobEvent", "JobRecord", "JobSpec", "RemovedJob"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,3 +108,23 @@ class RemovedJob:
     id: int
     status: JobStatus
     images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BulkChange:
+    """One change made alike to many jobs in one write (a bulk cancel): which jobs, the revision
+    it was stamped with and the fields it set. It says what their records would, at a fraction of
+    the cost: building 100,000 records takes about a second, longer than the write itself."""
+
+    ids: tuple[int, ...]
+    revision: int
+    values: Mapping[str, Any]  # JobRecord field -> the value each of these jobs now has ("status" among them)
+
+    @property
+    def status(self) -> JobStatus:
+        status: JobStatus = self.values["status"]
+        return status
+
+    def applied_to(self, record: JobRecord) -> JobRecord:
+        """``record`` (one of these jobs, as it was) after this change."""
+        return replace(record, revision=self.revision, **self.values)

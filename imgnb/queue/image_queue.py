@@ -561,9 +561,11 @@ class ImageQueue:
             raise invalid("status", status, "None (queued and pending), 'queued' or 'pending'")
         statuses = EDITABLE_STATUSES if wanted is None else frozenset({wanted})
         self._check_open()
-        records = self.store.cancel_all(statuses=statuses, group=group, now=time.time())
-        self._publish_written(records)
-        return len(records)
+        change = self.store.cancel_all(statuses=statuses, group=group, now=time.time())
+        events, touched = self._mirror.apply_bulk(change, emit=bool(self._bus))
+        if events or touched:
+            self._loop.call(self._settle, events, touched)
+        return len(change.ids)
 
     def retry_failed(self, *, group: str | None = None) -> list[Job]:
         """Put every job in error (of ``group``) back in the queue in one transaction, each at the

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..core.ordering import OrderIndex, OrderKey
-from ..core.records import EventKind, JobEvent, JobRecord, RemovedJob
+from ..core.records import BulkChange, EventKind, JobEvent, JobRecord, RemovedJob
 from ..core.states import JobStatus
 from .job import JobState
 
@@ -134,6 +134,42 @@ class QueueMirror:
                 after = self._window()
                 for job_id, position in after.items():
                     if before.get(job_id, position) != position and job_id not in reported:
+                        events.append(self._position_event(job_id, position))
+            return events, touched
+
+    def apply_bulk(self, change: BulkChange, *, emit: bool) -> tuple[list[JobEvent], list[JobState]]:
+        """``apply`` for one change made alike to many jobs (a bulk cancel): the same bookkeeping,
+        without a record per job. Jobs that leave the queue only (``change.status`` is not queued)."""
+        status = change.status
+        assert status is not JobStatus.QUEUED, "a bulk change cannot place jobs in the run order"
+        with self._lock:
+            before = self._window() if emit else {}
+            changed: list[tuple[int, float]] = []
+            touched: list[JobState] = []
+            for job_id in change.ids:
+                seen = self._seen.get(job_id)
+                if seen is not None and seen.revision >= change.revision:
+                    continue
+                progress = seen.progress if seen is not None else 0.0
+                self._seen[job_id] = _Seen(change.revision, status, progress)
+                if emit and (seen is None or seen.status is not status):
+                    changed.append((job_id, progress))
+            ids = set(change.ids)
+            for job_id, state in list(self._states.items()):  # the live handles: often far fewer than the jobs
+                if job_id in ids and state.record.revision < change.revision:
+                    state.record = change.applied_to(state.record)
+                    touched.append(state)
+            self._index.update((job_id, None) for job_id in change.ids)
+            if self.revision + 1 == change.revision:
+                self.revision = change.revision
+            error = change.values.get("error")
+            events = [
+                JobEvent(kind=EventKind.STATUS, job_id=i, status=status, position=None, progress=p, error=error)
+                for i, p in changed
+            ]
+            if emit:
+                for job_id, position in self._window().items():
+                    if before.get(job_id, position) != position:
                         events.append(self._position_event(job_id, position))
             return events, touched
 

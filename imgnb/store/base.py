@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core.editing import Place
 from ..core.ordering import OrderKey
-from ..core.records import JobRecord, JobSpec, RemovedJob
+from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
 from ..core.states import JobStatus
 
 __all__ = ["Store"]
@@ -149,9 +149,9 @@ class Store(ABC):
         space they took is given back or reused (SQLite: incremental auto-vacuum)."""
 
     @abstractmethod
-    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> list[JobRecord]:
+    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> BulkChange:
         """Cancel every waiting job of ``statuses`` (queued and/or pending) and ``group`` in one
-        transaction; return them."""
+        transaction; return the change, by id."""
 
     @abstractmethod
     def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:

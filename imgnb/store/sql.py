@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
 from ..core.merge import merge_patch
 from ..core.ordering import RUN_ORDER, OrderKey, order_key
-from ..core.records import JobRecord, JobSpec, RemovedJob
+from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
 from ..core.retry import has_runs_left
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..core.validation import json_data, validate_group, validate_job_id
@@ -859,7 +859,7 @@ class SQLStore(Store):
             finally:
                 raw.close()
 
-    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> list[JobRecord]:
+    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> BulkChange:
         if not set(statuses) <= EDITABLE_STATUSES:
             raise ValueError(
                 f"only waiting jobs are cancelled in bulk, not {sorted(set(statuses) - EDITABLE_STATUSES)}"
@@ -867,14 +867,11 @@ class SQLStore(Store):
         where = [job.c.status.in_(sorted(s.value for s in statuses))]
         if group is not None:
             where.append(job.c.group_name == validate_group(group))
+        values = {"status": JobStatus.CANCELLED, "finished_at": now, "error": None, "updated_at": now}
         with self._write() as (conn, rev):
-            rows = conn.execute(
-                sa.update(job)
-                .where(*where)
-                .values(status=JobStatus.CANCELLED.value, finished_at=now, error=None, updated_at=now, revision=rev)
-                .returning(*job.c)
-            ).all()
-        return sorted((_record(r) for r in rows), key=lambda r: r.id)
+            stored = {**values, "status": JobStatus.CANCELLED.value, "revision": rev}
+            ids = conn.execute(sa.update(job).where(*where).values(**stored).returning(job.c.id)).scalars().all()
+        return BulkChange(ids=tuple(sorted(ids)), revision=rev, values=values)
 
     def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
         failed = [job.c.status == JobStatus.ERROR.value]

@@ -20,7 +20,7 @@ from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable
 from ..core.history import pruned_ids
 from ..core.merge import merge_patch
 from ..core.ordering import OrderKey
-from ..core.records import JobRecord, JobSpec, RemovedJob
+from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
 from ..core.retry import has_runs_left
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..errors import JobNotFound
@@ -373,16 +373,21 @@ class MemoryStore(Store):
                 self._batch_keys.pop(record.id, None)
         return [RemovedJob(id=r.id, status=r.status, images=r.images) for r in removed]
 
-    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> list[JobRecord]:
+    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> BulkChange:
         if not set(statuses) <= EDITABLE_STATUSES:
             raise ValueError(
                 f"only waiting jobs are cancelled in bulk, not {sorted(set(statuses) - EDITABLE_STATUSES)}"
             )
         with self._lock:
             waiting = self._where(lambda r: r.status in statuses and (group is None or r.group == group))
-            rev = self._bump()
-            values = {"status": JobStatus.CANCELLED, "finished_at": now, "error": None, "updated_at": now}
-            return [self._put(r, revision=rev, **values) for r in sorted(waiting, key=lambda r: r.id)]
+            change = BulkChange(
+                ids=tuple(sorted(r.id for r in waiting)),
+                revision=self._bump(),
+                values={"status": JobStatus.CANCELLED, "finished_at": now, "error": None, "updated_at": now},
+            )
+            for record in waiting:
+                self._jobs[record.id] = change.applied_to(record)
+            return change
 
     def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
         with self._lock:
