@@ -190,11 +190,23 @@ def bulk(tmp: Path, *, n: int) -> None:
     rows.append((f"prune(): {n:,} jobs, pages given back (ms)", took))
     board.close()
     q.close()
+
+    store = SQLStore(tmp / "bulk-store.db")  # the transactions alone, without the queue's bookkeeping
+    add(store, n)
+    took, change = ms(lambda: store.cancel_all(statuses={JobStatus.QUEUED}, group=None, now=time.time()))
+    assert len(change.ids) == n
+    rows.append(("  Store.cancel_all(): the transaction alone (ms)", took))
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE imgnb_job SET status = 'error' WHERE status = 'cancelled'")
+    took, records = ms(lambda: store.requeue_failed(group=None, now=time.time()))
+    assert len(records) == n
+    rows.append((f"  Store.requeue_failed(): the transaction and {n:,} records (ms)", took))
+    store.close()
     print(
         f"3. Bulk edits at {n:,} jobs (submitted at {n / submit_s:,.0f} jobs/s), through ImageQueue with a board open"
     )
     for name, value in rows:
-        print(f"   {name:52} {value:9.1f}")
+        print(f"   {name:60} {value:9.1f}")
     print()
 
 
