@@ -91,6 +91,25 @@ _LAST_TO_RUN_FIRST = tuple(job.c[name].asc() if descending else job.c[name].desc
 _FINAL = sorted(s.value for s in FINAL_STATUSES)
 _WAITING = sorted(s.value for s in EDITABLE_STATUSES)
 _NEWEST_FINISHED = (job.c.finished_at.desc(), job.c.id.desc())
+
+
+def _finished(statuses: Collection[str], group: str | None, *, by_finish_time: bool = True) -> list[Any]:
+    """The test for finished jobs of ``statuses`` (and ``group``). Read by finish time, they should
+    come from ``imgnb_job_finished``; given ``status IN (...)``, SQLite's planner walks the status
+    index and sorts every finished job instead (0.7 to 0.9 s at a million, measured here), so the
+    status is then tested in a form no index serves (``status || ''``). One group's own index is
+    the shorter walk: with a group the status is tested plainly."""
+    if group is None:
+        return [job.c.status.concat("").in_(statuses) if by_finish_time else job.c.status.in_(statuses)]
+    return [job.c.status.in_(statuses), job.c.group_name == validate_group(group)]
+
+
+def _newest_finished(statuses: Collection[str], group: str | None, *columns: Any) -> sa.Select[Any]:
+    """Finished jobs newest first, from the newest end of ``imgnb_job_finished``: a page costs the page."""
+    query = sa.select(*columns).where(job.c.finished_at.is_not(None), *_finished(statuses, group))
+    return query.order_by(*_NEWEST_FINISHED)
+
+
 _BUMP = sa.update(counters).values(revision=counters.c.revision + 1).returning(counters.c.revision)
 _TAKE_SEQ = sa.update(counters).values(next_seq=counters.c.next_seq + B("b_n")).returning(counters.c.next_seq)
 _REVISION = sa.select(counters.c.revision)
@@ -804,11 +823,8 @@ class SQLStore(Store):
     # -- history: pages, pruning, editing waiting jobs ------------------------------------------
 
     def recently_finished(self, *, limit: int, group: str | None = None) -> list[JobRecord]:
-        query = sa.select(job).where(job.c.finished_at.is_not(None), job.c.status.in_(_FINAL))
-        if group is not None:
-            query = query.where(job.c.group_name == validate_group(group))
-        with self._read() as conn:  # walks imgnb_job_finished from its newest end
-            return [_record(r) for r in conn.execute(query.order_by(*_NEWEST_FINISHED).limit(limit))]
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(_newest_finished(_FINAL, group, job).limit(limit))]
 
     def prune(
         self,
@@ -820,21 +836,14 @@ class SQLStore(Store):
     ) -> list[RemovedJob]:
         if not set(statuses) <= FINAL_STATUSES:
             raise ValueError(f"only finished jobs are pruned, not {sorted(set(statuses) - FINAL_STATUSES)}")
-        match = [job.c.status.in_(sorted(s.value for s in statuses))]
-        if group is not None:
-            match.append(job.c.group_name == validate_group(group))
+        values = sorted(s.value for s in statuses)
+        where = _finished(values, group, by_finish_time=finished_before is not None or bool(keep_last))
         with self._write() as (conn, _rev):
-            where = list(match)
             if finished_before is not None:
                 where.append(job.c.finished_at < finished_before)
             if keep_last:  # the newest of those pruned is older than the last one kept
-                last_kept = conn.execute(
-                    sa.select(job.c.finished_at, job.c.id)
-                    .where(*match, job.c.finished_at.is_not(None))
-                    .order_by(*_NEWEST_FINISHED)
-                    .offset(keep_last - 1)
-                    .limit(1)
-                ).first()
+                newest = _newest_finished(values, group, job.c.finished_at, job.c.id)
+                last_kept = conn.execute(newest.offset(keep_last - 1).limit(1)).first()
                 if last_kept is None:
                     return []
                 where.append(sa.tuple_(job.c.finished_at, job.c.id) < sa.tuple_(*last_kept))
