@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgnb import (
@@ -66,6 +66,7 @@ def test_pruned_ids_keep_the_newest_and_those_too_young() -> None:
     assert pruned_ids(finished, finished_before=None, keep_last=9) == []
 
 
+@settings(deadline=None)  # a loaded machine must not fail it
 @given(n=st.integers(2, 12), data=st.data())
 def test_move_before_puts_the_job_exactly_before_its_target(n: int, data: st.DataObject) -> None:
     seqs = sorted(data.draw(st.sets(st.integers(-50, 50), min_size=n, max_size=n)))
@@ -90,6 +91,7 @@ def test_a_move_to_where_the_job_is_changes_nothing() -> None:
     assert move_before([1, 2, 3], 1, 2) == Renumbering((), below=False)
 
 
+@settings(deadline=None)
 @given(
     start=st.dictionaries(st.integers(0, 300), st.tuples(st.integers(-2, 0), st.integers(-50, 50)), max_size=300),
     changes=st.lists(
