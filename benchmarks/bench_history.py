@@ -14,6 +14,9 @@ Three parts, each printing its numbers:
    handles included): ``cancel_all``, ``retry_failed``, ``prune``, moves and a priority change.
    The failed jobs for ``retry_failed`` are made by one SQL ``UPDATE`` (the counts' triggers keep
    the counts right), as running 100,000 failing jobs would only time the runs.
+4. What the counters' triggers and the new indexes cost a submit.
+5. PostgreSQL (a throwaway server, as the tests start one): counts, pages and bulk edits through
+   the Store, and what the counters' statement triggers cost a worker's claim and finish.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_history.py [--quick]``.
 """
@@ -24,6 +27,7 @@ import argparse
 import os
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -234,10 +238,77 @@ def submit_cost(tmp: Path, *, n: int, repeat: int = 3) -> None:
     )
 
 
+def postgres(tmp: Path, image: str, *, n: int) -> None:
+    """The store's side on PostgreSQL (a throwaway server from tests/fixtures/postgres.py): counts,
+    pages and bulk edits at ``n`` jobs, and what the counters' statement triggers cost a worker's
+    claim and finish (with and without them, taking turns)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import pytest
+
+    from tests.fixtures.postgres import find_pg_bindir, running_server
+
+    if find_pg_bindir() is None:
+        print("5. PostgreSQL: skipped, no server binaries (initdb, pg_ctl, postgres)\n")
+        return
+    try:
+        with running_server() as server:
+            server.admin_execute('CREATE DATABASE "bench"', 'CREATE DATABASE "bare"')
+            store = SQLStore(server.url("bench"))
+            add(store, n)
+            run_queued(store, image, limit=100)
+            with store.engine.connect() as conn:
+                group_by = min(
+                    ms(lambda: conn.exec_driver_sql("SELECT status, count(*) FROM imgnb_job GROUP BY status").all())[0]
+                    for _ in range(3)
+                )
+            counter = min(ms(store.counts)[0] for _ in range(10))
+            recent = min(ms(lambda: store.recently_finished(limit=8))[0] for _ in range(10))
+            page = min(
+                ms(lambda: store.list_jobs(status=JobStatus.QUEUED, limit=50, offset=n // 2))[0] for _ in range(5)
+            )
+            cancel, change = ms(lambda: store.cancel_all(statuses={JobStatus.QUEUED}, group=None, now=time.time()))
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE imgnb_job SET status = 'error' WHERE status = 'cancelled'")
+            retry, _ = ms(lambda: store.requeue_failed(group=None, now=time.time()))
+            store.cancel_all(statuses={JobStatus.QUEUED}, group=None, now=time.time())
+            prune, removed = ms(
+                lambda: store.prune(statuses={JobStatus.CANCELLED}, group=None, finished_before=None, keep_last=None)
+            )
+            assert len(change.ids) == n - 100 and len(removed) == n - 100
+            store.close()
+            rates: dict[str, list[float]] = {"with": [], "without": []}
+            for attempt in range(3):
+                for kind, name in (("with", "bench"), ("without", "bare")):
+                    s = SQLStore(server.url(name))
+                    if kind == "without" and attempt == 0:
+                        with s.engine.begin() as conn:
+                            conn.exec_driver_sql("DROP FUNCTION imgnb_count_rows() CASCADE")
+                    add(s, 1000, key="k")
+                    took, done = ms(lambda: run_queued(s, image))  # noqa: B023
+                    rates[kind].append(done / took * 1000)
+                    s.close()
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+        print(f"5. PostgreSQL: skipped, the server did not start: {exc}\n")
+        return
+    print(f"5. PostgreSQL, {n:,} jobs (the Store alone)")
+    print(f"   {'counts: GROUP BY status over every row (ms)':52} {group_by:9.2f}")
+    print(f"   {'counts: the counters table (ms)':52} {counter:9.2f}")
+    print(f"   {'the last 8 finished (ms)':52} {recent:9.2f}")
+    print(f"   {'a page of 50 at the middle of the queue (ms)':52} {page:9.2f}")
+    print(f"   {f'cancel_all(): {n - 100:,} jobs (ms)':52} {cancel:9.1f}")
+    print(f"   {f'requeue_failed(): {n - 100:,} jobs and their records (ms)':52} {retry:9.1f}")
+    print(f"   {f'prune(): {n - 100:,} jobs (ms)':52} {prune:9.1f}")
+    best_with, best_without = max(rates["with"]), max(rates["without"])
+    print(
+        f"   claim and finish, jobs/s (best of 3): {best_without:,.0f} without the counters' triggers, "
+        f"{best_with:,.0f} with them ({best_with / best_without:.2f}x)\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a tenth of the size: a minute or two")
-    parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 23")
+    parser.add_argument("--parts", default="12345", help="which parts to run, e.g. 23 (5: PostgreSQL)")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     tmp = Path(tempfile.mkdtemp(prefix="imgnb-history-"))
@@ -252,6 +323,8 @@ def main() -> None:
         bulk(tmp, n=100_000 // scale)
     if "4" in args.parts:
         submit_cost(tmp, n=100_000 // scale)
+    if "5" in args.parts:
+        postgres(tmp, image, n=100_000 // scale)
 
 
 if __name__ == "__main__":

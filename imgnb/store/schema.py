@@ -118,6 +118,11 @@ BEGIN
       SELECT status, -count(*) FROM old_rows GROUP BY status ORDER BY status
       ON CONFLICT (status) DO UPDATE SET n = c.n + EXCLUDED.n;
   ELSE
+    -- most updates change no status (progress, leases): one cheap look, and nothing more
+    PERFORM 1 FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id WHERE n.status <> o.status LIMIT 1;
+    IF NOT FOUND THEN
+      RETURN NULL;
+    END IF;
     INSERT INTO imgnb_count AS c (status, n)
       SELECT status, sum(k) FROM (
         SELECT status, 1 AS k FROM new_rows UNION ALL SELECT status, -1 AS k FROM old_rows
