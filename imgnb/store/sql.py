@@ -35,7 +35,7 @@ from ..core.validation import json_data, validate_group, validate_job_id
 from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
-from .schema import COUNT_TRIGGERS, SCHEMA_VERSION, CountRow, DeviceRow, JobRow, MetaRow
+from .schema import COUNT_ROWS, COUNT_TRIGGERS, SCHEMA_VERSION, CountRow, DeviceRow, JobRow, MetaRow
 
 __all__ = ["SQLStore"]
 
@@ -57,7 +57,8 @@ def _history_schema(dialect: str) -> tuple[str, ...]:
         str(sa.schema.CreateTable(job_count, if_not_exists=True).compile(dialect=compiler)),
         *COUNT_TRIGGERS[dialect],
         "DELETE FROM imgnb_count",
-        "INSERT INTO imgnb_count (status, n) SELECT status, count(*) FROM imgnb_job GROUP BY status",
+        COUNT_ROWS,
+        "UPDATE imgnb_count SET n = (SELECT count(*) FROM imgnb_job WHERE imgnb_job.status = imgnb_count.status)",
         *(str(sa.schema.CreateIndex(ix, if_not_exists=True).compile(dialect=compiler)) for ix in indexes),
     )
 
@@ -115,6 +116,7 @@ _TAKE_SEQ = sa.update(counters).values(next_seq=counters.c.next_seq + B("b_n")).
 _REVISION = sa.select(counters.c.revision)
 _GET = sa.select(job).where(job.c.id == B("b_id"))
 _INSERT = sa.insert(job)
+_COUNT_ADDED = sa.update(job_count).where(job_count.c.status == B("b_status")).values(n=job_count.c.n + B("b_n"))
 _IDS_OF_REVISION = sa.select(job.c.id, job.c.seq).where(job.c.revision == B("b_rev"))
 _LOCK_DEVICE = (
     sa.update(device_lock)
@@ -349,7 +351,7 @@ class SQLStore(Store):
             if version is None:
                 for table in (counters, job, device_lock, job_count):
                     table.create(conn, checkfirst=True)
-                for statement in COUNT_TRIGGERS[self.dialect]:
+                for statement in (COUNT_ROWS, *COUNT_TRIGGERS[self.dialect]):
                     conn.exec_driver_sql(statement)
                 conn.execute(sa.insert(counters).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0))
                 return
@@ -499,6 +501,7 @@ class SQLStore(Store):
             # a plain executemany: RETURNING with ordered rows makes SQLAlchemy insert one row per
             # statement. Only this transaction's rows carry its revision, so read their ids by it.
             conn.execute(_INSERT, rows)
+            conn.execute(_COUNT_ADDED, _args(status=_QUEUED, n=len(rows)))  # inserts are counted here (schema.CountRow)
             id_of_seq: dict[int, int] = {seq: job_id for job_id, seq in conn.execute(_IDS_OF_REVISION, _args(rev=rev))}
         # build the records from what was written rather than reading every column back
         return [_decode(id_of_seq[row["seq"]], row)[0] for row in rows]
