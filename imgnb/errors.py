@@ -17,6 +17,7 @@ __all__ = [
     "JobNotFound",
     "JobTimedOut",
     "JobWaitTimeout",
+    "ModelLoadError",
     "NotADatabase",
     "QueueClosed",
     "QueueConfigError",
@@ -101,3 +102,8 @@ class SchemaVersionError(DatabaseError):
 
 class UnsupportedPipeline(ImgnbError, TypeError):
     """This pipeline cannot run imgnb jobs: its ``__call__`` lacks an argument imgnb needs."""
+
+
+class ModelLoadError(ImgnbError):
+    """A model's loader failed (or returned no pipeline); the job that needed it is retried like any
+    transient failure, and the worker goes on."""

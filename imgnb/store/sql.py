@@ -24,12 +24,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ..core.affinity import Waiting, pick
 from ..core.merge import merge_patch
 from ..core.ordering import RUN_ORDER, OrderKey, order_key
 from ..core.records import JobRecord, JobSpec
 from ..core.retry import has_runs_left
 from ..core.states import JobStatus, check_transition
-from ..core.validation import json_data, validate_group, validate_job_id
+from ..core.validation import MAX_MODEL_LENGTH, json_data, validate_group, validate_job_id
 from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
@@ -52,6 +53,13 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
             "DROP FUNCTION IF EXISTS imgnb_jsonb_merge(jsonb, jsonb)",
         ),
         "sqlite": (),  # its JSON columns held text already
+    },
+    2: {  # jobs name their model; model affinity counts the claims that passed each job over
+        dialect: (
+            f"ALTER TABLE imgnb_job ADD COLUMN model VARCHAR({MAX_MODEL_LENGTH})",
+            "ALTER TABLE imgnb_job ADD COLUMN passed_over INTEGER NOT NULL DEFAULT 0",
+        )
+        for dialect in ("postgresql", "sqlite")
     },
 }
 
@@ -109,6 +117,17 @@ _CLAIM_HEAD = (
     )
     .values(**_RUNNING)
     .returning(*job.c)
+)
+_WINDOW = (  # the head of the queue, as model affinity reads it
+    sa.select(job.c.id, job.c.priority, job.c.model, job.c.passed_over)
+    .where(job.c.status == _QUEUED)
+    .order_by(*_RUN_ORDER)
+    .limit(B("b_n"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_ID = sa.update(job).where(job.c.id == B("b_id"), job.c.status == _QUEUED).values(**_RUNNING).returning(*job.c)
+_PASS_OVER = (  # not a change others need to see: the revision stays
+    sa.update(job).where(job.c.id.in_(B("b_ids", expanding=True))).values(passed_over=job.c.passed_over + 1)
 )
 _CLAIM_MATES = (
     sa.update(job)
@@ -213,6 +232,7 @@ def _decode(job_id: int, m: Mapping[Any, Any]) -> tuple[JobRecord, str | None]:
         lease_until=m.get("lease_until"),
         cancel_requested=bool(m["cancel_requested"]),
         batch=m.get("batch"),
+        model=m.get("model"),
         revision=m["revision"],
     )
     return record, "; ".join(problems) or None
@@ -399,6 +419,23 @@ class SQLStore(Store):
         return None if row is None else _record(row)
 
     @staticmethod
+    def _claim_next(
+        conn: sa.Connection, args: dict[str, Any], loaded: Collection[str | None], affinity: int
+    ) -> sa.Row[Any] | None:
+        """Claim the job ``core.affinity.pick`` chooses: the head of the queue, or with affinity one
+        for a loaded model a few places behind it, counting a pass for each job it goes past."""
+        if affinity <= 0 or not loaded:
+            return conn.execute(_CLAIM_HEAD, args).first()
+        window = conn.execute(_WINDOW, {"b_n": affinity + 1}).all()
+        if not window:
+            return None
+        k = pick([Waiting(r.priority, r.model, r.passed_over) for r in window], loaded=loaded, affinity=affinity)
+        row = conn.execute(_CLAIM_ID, {**args, "b_id": window[k].id}).first()
+        if k:
+            conn.execute(_PASS_OVER, {"b_ids": [r.id for r in window[:k]]})
+        return row
+
+    @staticmethod
     def _fail_unreadable(conn: sa.Connection, job_id: int, problem: str, *, now: float, rev: int) -> None:
         """End a claimed job whose row cannot be decoded: it could never run, and must not block others."""
         conn.execute(
@@ -443,6 +480,8 @@ class SQLStore(Store):
                     "run_at": now,
                     "cancel_requested": False,
                     "batch_key": key,
+                    "model": spec.model,
+                    "passed_over": 0,
                     "revision": rev,
                 }
                 for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True))
@@ -491,7 +530,17 @@ class SQLStore(Store):
             rows = conn.execute(sa.select(job).where(job.c.revision > revision).order_by(job.c.revision, job.c.id))
             return current, [_record(r) for r in rows]
 
-    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+    def claim(
+        self,
+        *,
+        owner: str,
+        device: str,
+        now: float,
+        lease: float,
+        batch_size: int = 1,
+        loaded: Collection[str | None] = (),
+        affinity: int = 0,
+    ) -> list[JobRecord]:
         if self.read_only:
             return []
         if device not in self._devices:  # its own transaction: the claim below may roll back
@@ -506,7 +555,7 @@ class SQLStore(Store):
                 txn.rollback()  # held by a live owner: leave the lock and the revision as they were
                 return []
             failed = False
-            while (head := conn.execute(_CLAIM_HEAD, args).first()) is not None:
+            while (head := self._claim_next(conn, args, loaded, affinity)) is not None:
                 first, problem = _decode(head._mapping["id"], head._mapping)
                 if problem is None:
                     break
@@ -633,6 +682,7 @@ class SQLStore(Store):
                 device=None,
                 batch=None,
                 cancel_requested=False,
+                passed_over=0,
                 updated_at=now,
                 revision=rev,
             )
