@@ -350,7 +350,7 @@ def test_unknown_older_schema_is_refused_untouched(make_queue: MakeQueue, db_pat
     make_queue(db_path, start=False).submit("kept")
     with sqlite3.connect(db_path) as conn:
         conn.execute("UPDATE imgnb_meta SET schema_version = 0")
-    with pytest.raises(SchemaVersionError, match="no upgrade from it to 2"):
+    with pytest.raises(SchemaVersionError, match="no upgrade from it to 3"):
         ImageQueue(db_path)
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT schema_version FROM imgnb_meta").fetchall() == [(0,)]

@@ -32,7 +32,6 @@ between two generators that may run concurrently.
 
 from __future__ import annotations
 
-import gc
 import inspect
 import json
 import logging
@@ -50,6 +49,7 @@ from ..core.validation import invalid
 from ..errors import InvalidJob, UnsupportedPipeline
 from .base import OnStep
 from .denoised import DenoisedTap
+from .loading import free_memory
 from .preview import Previewer
 
 if TYPE_CHECKING:
@@ -527,9 +527,4 @@ class DiffusersGenerator:
     def _free_memory(self, exc: BaseException) -> None:
         # The traceback's frames hold the call's tensors; the cache can only be emptied once they go.
         traceback.clear_frames(exc.__traceback__)
-        gc.collect()
-        kind = self._execution_device(self.pipeline).type
-        if kind == "cuda" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        elif kind == "mps" and torch.backends.mps.is_available():
-            torch.mps.empty_cache()
+        free_memory(str(self._execution_device(self.pipeline)))
