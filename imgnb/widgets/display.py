@@ -106,7 +106,10 @@ def queue_html(queue: ImageQueue) -> str:
     """Counts per status and the head of the queue."""
     head, queued = queue.head(STATIC_QUEUED), queue.queued_count()
     jobs = [queue.get(i) for i in head] if not queue.closed else []
-    rows = [QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority) for k, j in enumerate(jobs)]
+    rows = [
+        QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority, model=j.model)
+        for k, j in enumerate(jobs)
+    ]
     return (
         f'<div class="imgnb-queue" style="{_BOX};max-width:900px">'
         f"<div><b>ImageQueue</b> · {queue.state} · {counts_html(queue.counts())}</div>"
