@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from .core.leases import LeasePolicy
 from .core.ordering import Priority
-from .core.records import EventKind, GenerationRequest, JobEvent
+from .core.records import DeviceState, EventKind, GenerationRequest, JobEvent, ModelLoad
 from .core.retry import RetryPolicy
 from .core.states import JobStatus
 from .errors import (
@@ -20,12 +20,14 @@ from .errors import (
     JobNotFound,
     JobTimedOut,
     JobWaitTimeout,
+    ModelLoadError,
     NotADatabase,
     QueueClosed,
     QueueConfigError,
     SchemaVersionError,
     UnsupportedPipeline,
 )
+from .gen.loading import loader
 from .queue import ImageQueue, Job
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatabaseError",
+    "DeviceState",
     "EventKind",
     "GenerationRequest",
     "IllegalTransition",
@@ -49,6 +52,8 @@ __all__ = [
     "JobTimedOut",
     "JobWaitTimeout",
     "LeasePolicy",
+    "ModelLoad",
+    "ModelLoadError",
     "NotADatabase",
     "Priority",
     "QueueClosed",
@@ -56,6 +61,7 @@ __all__ = [
     "RetryPolicy",
     "SchemaVersionError",
     "UnsupportedPipeline",
+    "loader",
     "tiny_pipeline",
 ]
 
