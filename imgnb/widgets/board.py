@@ -72,7 +72,8 @@ class _RunningRow:
         )
         load = job.loading
         loading = f"<br>{loading_text(load, time.time())}" if load is not None else ""
-        timing = f"<br><span style='color:#757575'>{v.timing}</span>" if v.timing else ""
+        shown = v.timing and load is None  # while loading, the loading line has the clock
+        timing = f"<br><span style='color:#757575'>{v.timing}</span>" if shown else ""
         stalled = "<br>worker stopped responding" if v.bar_text == "stalled" else ""
         text = f"#{job.id} {html.escape(short(job.prompt, 50))}{model_label(job.model)}{loading}{timing}{stalled}"
         assign(self.label, value=block(text))
