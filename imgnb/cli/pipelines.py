@@ -112,17 +112,23 @@ def build_pipelines(spec: FactorySpec, factory: Factory, devices: Sequence[str])
                 f"--pipeline {call} returned the pipeline it returned for another device; "
                 "a pipeline runs one call at a time, so each device needs its own"
             )
-        from ..gen.diffusers_gen import DiffusersGenerator
-
-        try:
-            runs_on = DiffusersGenerator(pipe).device
-        except TypeError as exc:  # not a text-to-image pipeline (its __call__ lacks what imgnb passes)
-            raise BadArgument(f"--pipeline {call}: {one_line(str(exc))}") from None
+        runs_on = _device_of(pipe, call)
         if not same_device(device, runs_on):
             hint = "move it there in the factory" if with_device else "give the factory a `device` parameter"
             raise BadArgument(f"--pipeline {call} returned a pipeline on {runs_on}, not on {device}; {hint}")
         pipelines[device] = pipe
     return pipelines
+
+
+def _device_of(pipe: Any, call: str) -> str:
+    """Where the pipeline runs, as the queue's adapter sees it; refuses a pipeline the adapter
+    cannot drive (its ``__call__`` lacks a prompt, steps, a generator or step callbacks)."""
+    from ..gen.diffusers_gen import DiffusersGenerator
+
+    try:
+        return DiffusersGenerator(pipe).device
+    except TypeError as exc:
+        raise BadArgument(f"--pipeline {call}: {one_line(str(exc))}") from None
 
 
 def _is_pipeline(obj: object) -> bool:

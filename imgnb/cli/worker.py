@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         factory=str(args.pipeline),
         batch_size=args.batch_size,
         worker=q.owner,
-        images_dir=str(q.images_dir),
+        images_dir=str(q.images_dir.resolve()),
         versions=_versions(),
     )
     return _serve(q, info, as_json=args.json)
