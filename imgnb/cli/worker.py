@@ -7,39 +7,33 @@ pipelines), so a mistake ends the command with one line instead of failing jobs.
 Stopping: the first SIGTERM or SIGINT closes the queue, which hands the running jobs back to their
 place in the queue (the interrupted run not counted) and stops them at their next step; then exit 0.
 The close runs in a thread while the main thread waits on it, so that a second signal is handled at
-once even when the close is stuck on a database that does not answer: it exits with 128 + signal.
+once even when the close is stuck on a database that does not answer (``signals``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
-import queue as queues
 import signal
-import sys
 import threading
 import time
 from importlib import metadata
-from types import FrameType
 from typing import Any
 
-from ..core.records import EventKind, JobEvent, JobRecord
-from ..core.states import JobStatus
 from ..errors import ImgnbError
-from ..queue import ImageQueue, Job
+from ..queue import ImageQueue
 from ..store import SQLStore
 from .database import open_store
 from .devices import check_devices, default_device
 from .failures import CommandError, StartFailed
+from .joblog import JobLog, Lines
 from .pipelines import build_pipelines, describe_pipeline, parse_factory, resolve_factory
+from .signals import StopSignals
 from .text import database_label, one_line
-from .worklog import StartInfo, job_line, start_line, stop_line
+from .worklog import StartInfo, start_line, stop_line
 
 __all__ = ["DESCRIPTION", "EPILOG", "SUMMARY", "add_arguments", "run"]
-
-log = logging.getLogger("imgnb")
 
 SUMMARY = "run the jobs of a queue on this machine's devices until stopped"
 DESCRIPTION = """\
@@ -193,10 +187,10 @@ def _open_queue(args: argparse.Namespace, store: SQLStore, pipelines: dict[str, 
 
 
 def _serve(q: ImageQueue, info: StartInfo, *, as_json: bool) -> int:
-    out = _Lines()
-    job_log = _JobLog(q, out, as_json=as_json)
+    out = Lines()
+    job_log = JobLog(q, out, as_json=as_json)
     q.subscribe(job_log.on_event)
-    signals = _StopSignals()
+    signals = StopSignals("imgnb worker")
     out.write(start_line(time.time(), info, as_json=as_json))
     q.start()
     signum = signals.wait()
@@ -227,96 +221,3 @@ def _close(q: ImageQueue) -> BaseException | None:
     closing.start()
     closing.join()
     return failures[0] if failures else None
-
-
-class _StopSignals:
-    """SIGTERM and SIGINT: the first asks for a clean stop (``wait`` returns it), a second exits at
-    once. The handler only writes to a pipe or exits, both safe whatever the main thread was doing."""
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        self._received = 0
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._received += 1
-        if self._received > 1:
-            message = (
-                f"imgnb worker: second {signal.Signals(signum).name}: exiting at once; jobs still held go back "
-                "to the queue when their lease runs out\n"
-            )
-            os.write(sys.stderr.fileno(), message.encode())
-            os._exit(128 + signum)
-        os.write(self._write, bytes([signum]))
-
-    def wait(self) -> int:
-        """Block until the first signal; return its number."""
-        return os.read(self._read, 1)[0]
-
-
-class _Lines:
-    """Whole lines to stdout, flushed at once, from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def write(self, line: str) -> None:
-        with self._lock:
-            print(line, flush=True)
-
-
-class _JobLog:
-    """One line per state change of the jobs this worker runs.
-
-    Events arrive on the queue's loop and carry no device or owner; a thread of its own looks the
-    job up once, when a run starts (off the loop: it reads the database), and keeps the live handle
-    while it runs, so the lines of that run need no further reads.
-    """
-
-    def __init__(self, q: ImageQueue, out: _Lines, *, as_json: bool) -> None:
-        self._queue = q
-        self._out = out
-        self._as_json = as_json
-        self._events: queues.SimpleQueue[tuple[float, JobEvent] | None] = queues.SimpleQueue()
-        self._running: dict[int, Job] = {}  # touched by the log thread only
-        self._thread = threading.Thread(target=self._log, name="imgnb-log", daemon=True)
-        self._thread.start()
-
-    def on_event(self, event: JobEvent) -> None:
-        if event.kind is EventKind.STATUS:
-            self._events.put((time.time(), event))
-
-    def finish(self) -> None:
-        """Write the lines of the events received so far, then stop."""
-        self._events.put(None)
-        self._thread.join()
-
-    def _log(self) -> None:
-        while (item := self._events.get()) is not None:
-            t, event = item
-            record = self._record_of(event)
-            if record is not None:
-                line = job_line(
-                    t, job_id=event.job_id, status=event.status, error=event.error, record=record, as_json=self._as_json
-                )
-                self._out.write(line)
-
-    def _record_of(self, event: JobEvent) -> JobRecord | None:
-        """The job's record if this worker runs it, else None."""
-        job = self._running.get(event.job_id)
-        if job is None and event.status is JobStatus.PROCESSING:
-            try:
-                job = self._queue.get(event.job_id)
-            except Exception as exc:  # a database hiccup costs one log line, never the log thread
-                log.warning("imgnb worker: job %s started but could not be read for the log: %s", event.job_id, exc)
-                return None
-            if job.record.owner != self._queue.owner:
-                return None  # another worker's job
-        if job is None:
-            return None
-        if event.status is JobStatus.PROCESSING:
-            self._running[event.job_id] = job
-        else:
-            self._running.pop(event.job_id, None)
-        return job.record
