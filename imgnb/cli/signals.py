@@ -1,11 +1,14 @@
 """Stopping on SIGTERM or Ctrl-C: the first signal asks for a clean stop, a second one exits at once.
 
 A supervisor stops a worker with SIGTERM and, when that takes too long, sends another (or SIGKILL);
-a person presses Ctrl-C twice. The clean stop runs in the main program; the handler itself only
-writes one byte to a pipe (``wait`` reads it) or, the second time, one line to stderr and
-``os._exit(128 + signal)``, both safe whatever the main thread was doing when the signal came.
-The main thread must wait only in ways a signal interrupts (a pipe read, a thread join), never in
-a long C call, so that the second signal is acted on at once.
+a person presses Ctrl-C twice. The clean stop runs in the main program; the handler only records
+the first signal or, the second time, writes one line to stderr and calls ``os._exit(128 + signal)``.
+
+Python runs signal handlers in the main thread, between two bytecodes; but the kernel delivers a
+signal to whichever thread it picks (the queue has several, torch more), and then a main thread
+blocked in a wait that only another thread can end (a pipe read, a thread join) would never get to
+run the handler. So the main thread waits in slices of ``TICK`` seconds and the handler runs at the
+latest at the end of the current slice, whatever the other threads are doing.
 """
 
 from __future__ import annotations
@@ -13,33 +16,42 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 
-__all__ = ["StopSignals"]
+__all__ = ["TICK", "StopSignals"]
+
+TICK = 0.1  # seconds: the longest a signal waits for the main thread
 
 
 class StopSignals:
-    """SIGTERM and SIGINT: the first asks for a clean stop (``wait`` returns it), a second exits at
-    once. The handler only writes to a pipe or exits, both safe whatever the main thread was doing."""
+    """Installs the handlers for SIGTERM and SIGINT (from the main thread)."""
 
     def __init__(self, command: str) -> None:
         self._command = command
-        self._read, self._write = os.pipe()
-        self._received = 0
+        self._first: int | None = None
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._received += 1
-        if self._received > 1:
-            message = (
-                f"{self._command}: second {signal.Signals(signum).name}: exiting at once; jobs still held go back "
-                "to the queue when their lease runs out\n"
-            )
-            os.write(sys.stderr.fileno(), message.encode())
-            os._exit(128 + signum)
-        os.write(self._write, bytes([signum]))
+        if self._first is None:
+            self._first = signum
+            return
+        message = (
+            f"{self._command}: second {signal.Signals(signum).name}: exiting at once; jobs still held go back "
+            "to the queue when their lease runs out\n"
+        )
+        os.write(sys.stderr.fileno(), message.encode())
+        os._exit(128 + signum)
 
     def wait(self) -> int:
         """Block until the first signal; return its number."""
-        return os.read(self._read, 1)[0]
+        while self._first is None:
+            time.sleep(TICK)
+        return self._first
+
+    def join(self, thread: threading.Thread) -> None:
+        """Wait for ``thread`` to end; a second signal meanwhile exits at once."""
+        while thread.is_alive():
+            thread.join(TICK)

@@ -17,6 +17,7 @@ from ..queue import ImageQueue
 from .database import open_store
 from .failures import StartFailed
 from .report import StatusReport, build_report, render_json, render_text
+from .signals import TICK
 from .text import database_label, one_line
 
 __all__ = ["DESCRIPTION", "EPILOG", "SUMMARY", "add_arguments", "run", "snapshot"]
@@ -109,9 +110,16 @@ def run(args: argparse.Namespace) -> int:
                 _show(snapshot(q, database=database, head=args.head), as_json=args.json, clear=clear)
                 if not clear and not args.json:
                     print(flush=True)  # a blank line between refreshes written to a file or a pipe
-                time.sleep(args.watch)
+                _sleep(args.watch)
         except KeyboardInterrupt:
             return 0
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep in short slices: Ctrl-C is acted on only when the main thread runs Python (see signals)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, TICK))
 
 
 def _show(report: StatusReport, *, as_json: bool, clear: bool) -> None:

@@ -196,7 +196,7 @@ def _serve(q: ImageQueue, info: StartInfo, *, as_json: bool) -> int:
     signum = signals.wait()
     name = signal.Signals(signum).name
     out.write(stop_line(time.time(), signal_name=name, done=False, as_json=as_json))
-    failure = _close(q)
+    failure = _close(q, signals)
     job_log.finish()
     if failure is not None:
         raise CommandError(
@@ -207,7 +207,7 @@ def _serve(q: ImageQueue, info: StartInfo, *, as_json: bool) -> int:
     return 0
 
 
-def _close(q: ImageQueue) -> BaseException | None:
+def _close(q: ImageQueue, signals: StopSignals) -> BaseException | None:
     """Close the queue in a thread and wait for it: the main thread stays free for a second signal."""
     failures: list[BaseException] = []
 
@@ -219,5 +219,5 @@ def _close(q: ImageQueue) -> BaseException | None:
 
     closing = threading.Thread(target=close, name="imgnb-close")
     closing.start()
-    closing.join()
+    signals.join(closing)
     return failures[0] if failures else None
