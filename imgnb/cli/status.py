@@ -26,7 +26,7 @@ SUMMARY = "show a queue: counts, running jobs, the head of the queue, recent thr
 DESCRIPTION = """\
 Show the queue in DB: how many jobs are in each status, the running jobs with their worker, host,
 device and progress, the first jobs waiting, and how many jobs completed in the last 1, 5 and 15
-minutes. Runs nothing and changes nothing; works on SQLite and PostgreSQL alike."""
+minutes. It runs no job and changes none; works on SQLite and PostgreSQL alike."""
 EPILOG = """\
 examples:
   imgnb status runs/jobs.db
