@@ -11,6 +11,7 @@ from .core.retry import RetryPolicy
 from .core.states import JobStatus
 from .errors import (
     DatabaseError,
+    DatabaseURLError,
     IllegalTransition,
     ImgnbError,
     InvalidJob,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatabaseError",
+    "DatabaseURLError",
     "EventKind",
     "GenerationRequest",
     "IllegalTransition",

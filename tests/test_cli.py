@@ -393,7 +393,7 @@ def test_worker_and_status_on_postgresql(
     assert (data["counts"]["complete"], data["counts"]["processing"], data["completed"]["1"]) == (1, 1, 1)
     assert [(r["job_id"], r["worker"], r["device"]) for r in data["running"]] == [(long.id, start["worker"], "cpu")]
     worker.proc.send_signal(signal.SIGTERM)
-    assert worker.finish() == 0
+    assert worker.finish() == 0, worker.err
     wait_until(lambda: long.status is JobStatus.QUEUED)
     assert long.attempts == 0
 

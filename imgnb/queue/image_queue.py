@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import logging
 import os
 import time
 import weakref
@@ -33,7 +34,7 @@ from .job import Job, JobState
 from .loop import DaemonExecutor, QueueLoop, keep_running
 from .mirror import QueueMirror
 from .processes import alive, host_name, new_owner
-from .worker import DeviceWorker, WorkerContext
+from .worker import STOP_WAIT, DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from ..widgets import QueueBoard
 
 __all__ = ["ImageQueue"]
+
+log = logging.getLogger("imgnb")
 
 _OPEN: weakref.WeakSet[ImageQueue] = weakref.WeakSet()
 
@@ -244,6 +247,9 @@ class ImageQueue:
         self._db_executor.shutdown(wait=True)
         returned = self.store.abandon(owner=self.owner, now=time.time())
         self._publish_written(returned)
+        for worker in self._workers:  # handed back already: now let each generation stop at its step
+            if not worker.wait_stopped(STOP_WAIT):
+                log.warning("imgnb: the generation on %s did not stop within %g s", worker.device, STOP_WAIT)
         if self._loop.owns_thread:
             self._loop.submit(self._cancel_tasks()).result(timeout=10)
             self._loop.stop()
