@@ -37,6 +37,7 @@ from .worker import DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
     from ..widgets import QueueBoard
+    from ..widgets.grid import SweepGrid
 
 __all__ = ["ImageQueue"]
 
@@ -532,6 +533,12 @@ class ImageQueue:
         from ..widgets.display import queue_board
 
         return queue_board(self)
+
+    def grid(self, group: str, *, rows: str, cols: str) -> SweepGrid:
+        """A live grid of the group's jobs by two of their fields, e.g. ``rows="prompt", cols="seed"``."""
+        from ..widgets.display import sweep_grid
+
+        return sweep_grid(self, group, rows=rows, cols=cols)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
         from ..widgets.display import queue_bundle
