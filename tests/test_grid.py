@@ -16,6 +16,7 @@ import io
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -430,3 +431,60 @@ async def test_thumbnail_size_and_closing(comms: list[DummyComm], make_queue: Ma
     assert q.subscriber_count() == subscribers - 1
     assert grid.comm is None and cell.html.comm is None and cell.button.comm is None
     assert q.grid("sweep", rows="prompt", cols="guidance_scale") is not grid  # a closed grid is replaced
+
+
+async def test_a_burst_of_changed_cells_is_spread_over_redraws(
+    comms: list[DummyComm], make_queue: MakeQueue, db_path: str
+) -> None:
+    q = make_queue(db_path, generator=FakeGenerator())
+    q.submit_batch([{"prompt": f"p{p}", "seed": s} for p in range(10) for s in range(20)], group="sweep")
+    for job in q.jobs(group="sweep"):
+        await job
+    grid = q.grid("sweep", rows="prompt", cols="seed")
+    await settled(grid)
+    cells = [grid.cell(f"p{p}", s) for p in range(10) for s in range(20)]
+    htmls = [cell.html for cell in cells if cell is not None]
+    assert len(htmls) == 200 and all("<img" in h.value for h in htmls)
+    before = sum(len(h.comm.messages) for h in htmls)
+    drawn_in: Counter[int] = Counter()  # redraw number -> cells sent in it
+    for h in htmls:
+        h.observe(lambda _: drawn_in.update([grid.live.redraws]), "value")
+    grid.thumbnail_size = 32  # every cell changes at once
+    await until(lambda: all('width="32"' in h.value for h in htmls))
+    await settled(grid)
+    assert sum(len(h.comm.messages) for h in htmls) - before == 200  # each cell once ...
+    assert max(drawn_in.values()) == MAX_CELLS_PER_REDRAW  # ... at most 50 a redraw ...
+    assert len(drawn_in) == 200 // MAX_CELLS_PER_REDRAW  # ... over the next redraws
+
+
+async def test_pending_cells_are_drawn_when_a_notebook_cell_ends(
+    comms: list[DummyComm], make_queue: MakeQueue, db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In IPython the grid draws what is pending at the end of each cell, on behalf of that cell."""
+    hooks: dict[str, list[Callable[..., None]]] = {"post_run_cell": []}
+
+    class Events:
+        def register(self, name: str, fn: Callable[..., None]) -> None:
+            hooks[name].append(fn)
+
+        def unregister(self, name: str, fn: Callable[..., None]) -> None:
+            hooks[name].remove(fn)
+
+    class Shell:
+        events = Events()
+
+    monkeypatch.setattr("IPython.get_ipython", lambda: Shell())
+    q = make_queue(db_path, generator=FakeGenerator(), start=False)
+    sweep(q, ["a fox"], (1,), (3,))
+    grid = q.grid("sweep", rows="prompt", cols="guidance_scale")
+    (flush,) = hooks["post_run_cell"]
+    await settled(grid)
+    grid.interval = 5.0  # the next redraw would come in five seconds ...
+    cell = grid.cell("a fox", 3)
+    assert cell is not None
+    q.get(1).cancel()
+    assert grid.live.pending and ">cancelled<" not in cell.html.value
+    flush(None)  # ... but the notebook cell ended: drawn now
+    assert ">cancelled<" in cell.html.value
+    grid.close()
+    assert hooks["post_run_cell"] == []

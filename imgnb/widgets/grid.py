@@ -13,11 +13,14 @@ job; a redraw (ten a second at most) sends only the cells whose jobs changed. Qu
 shown in the cells: when the head of the queue moves, a thousand cells would change at once.
 
 ``static_html()`` is the same grid as one HTML table with the thumbnails inline, for places that do
-not run widgets (nbviewer, GitHub); the grid carries it in its display bundle.
+not run widgets (nbviewer, GitHub). The grid's display bundle carries it as it was when shown: show
+the grid again (or ``HTML(grid.static_html())``) once the sweep ran to keep the finished one in the
+saved notebook.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -65,6 +68,10 @@ def job_tile(job: Job, size: int) -> str:
     uri = thumbnail_uri(record.images[0], size, "JPEG") if done else None
     step = job.step if record.status is JobStatus.PROCESSING else None
     return tile_html(record, step=step, image_uri=uri, size=size)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _image_text(path: str) -> dict[str, str]:
@@ -150,13 +157,17 @@ class GridCell:
     def _tooltip(job_ids: list[int]) -> str:
         return f"show job{'s' if len(job_ids) > 1 else ''} {', '.join(str(i) for i in job_ids)} large"
 
-    def show(self, job_ids: list[int], content: str) -> None:
-        """Send what changed: the thumbnails, and the button only when jobs joined or left the cell."""
+    def show(self, job_ids: list[int], content: str) -> bool:
+        """Send what changed: the thumbnails, and the button only when jobs joined or left the cell.
+        True if anything was sent."""
+        sent: bool = content != self.html.value
         assign(self.html, value=content)
         if job_ids != self.job_ids:
+            sent = True
             self.job_ids = job_ids
             with self.button.hold_sync():
                 assign(self.button, description=cell_label(job_ids), tooltip=self._tooltip(job_ids))
+        return sent
 
 
 class SweepGrid(LiveBox):
@@ -206,6 +217,7 @@ class SweepGrid(LiveBox):
             **kwargs,
         )
         self._live = LiveUpdates(queue, wants=self._wants, redraw=self.refresh, interval=self.interval)
+        self._unhook = self._flush_after_each_cell()
         self._redraw_all()  # catches what changed between the read above and the subscription
 
     # -- what the grid holds ---------------------------------------------------------------------
@@ -236,9 +248,8 @@ class SweepGrid(LiveBox):
         """Show the cell at these values large under the grid (what its button does)."""
         found = self.cell(row, col)
         if found is None:
-            raise invalid(
-                "cell", (row, col), f"a ({self._layout.rows.name}, {self._layout.cols.name}) pair of the grid"
-            )
+            axes = f"({self._layout.rows.name}, {self._layout.cols.name})"
+            raise invalid("cell", (row, col), f"a {axes} pair of values the grid shows")
         self._select(found.key)
 
     # -- following the queue -----------------------------------------------------------------------
@@ -267,11 +278,35 @@ class SweepGrid(LiveBox):
 
     def _redraw_all(self) -> None:
         self._dirty.update(self._jobs)
-        self._tiles.clear()
         self.live.mark()
 
     def refresh(self) -> None:
         """Redraw now what changed (the grid also does it by itself)."""
+        # In a fresh context: ipykernel sends a widget message on behalf of the request whose context
+        # the code runs in, and a redraw woken by a worker task runs in the context of the cell that
+        # opened the queue. nbclient (nbconvert --execute, papermill) listens only to the cell running
+        # now, so the saved notebook would keep cells as they were. In no context, ipykernel falls
+        # back to the latest request.
+        contextvars.Context().run(self._refresh)
+
+    def _flush_after_each_cell(self) -> Callable[[], None]:
+        """In IPython, draw what is pending when a cell ends, on behalf of that cell: the last job of
+        a cell that waits for its jobs completes a moment before its redraw is due, and nbclient would
+        not see a redraw sent once the cell is over. Returns the function that unhooks it."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            return _nothing
+
+        def flush(result: object = None) -> None:
+            if self._live is not None and self._live.pending:
+                self.refresh()
+
+        shell.events.register("post_run_cell", flush)
+        return lambda: shell.events.unregister("post_run_cell", flush)
+
+    def _refresh(self) -> None:
         if self._unknown and not self._queue.closed:
             self._learn()
         dirty, self._dirty = self._dirty, set()
@@ -285,9 +320,13 @@ class SweepGrid(LiveBox):
             changed -= self._arrange()  # new cells are made with their content
         # row by row, so that a burst fills the grid from the top
         order = sorted(changed, key=lambda k: (self._layout.rows[k[0]].rank, self._layout.cols[k[1]].rank))
-        now, self._waiting = order[:MAX_CELLS_PER_REDRAW], set(order[MAX_CELLS_PER_REDRAW:])
-        for key in now:
-            self._draw_cell(key)
+        self._waiting = set()
+        sent = 0
+        for i, key in enumerate(order):
+            if sent == MAX_CELLS_PER_REDRAW:
+                self._waiting = set(order[i:])
+                break
+            sent += self._draw_cell(key)
         assign(self.summary_html, value=self._summary())
         if self._selected in changed:
             self._draw_detail()
@@ -309,11 +348,13 @@ class SweepGrid(LiveBox):
     def _content(self, job_ids: list[int]) -> str:
         return cell_html([self._tile(self._jobs[i]) for i in job_ids], size=self.thumbnail_size)
 
-    def _draw_cell(self, key: CellKey) -> None:
+    def _draw_cell(self, key: CellKey) -> bool:
+        """Draw one cell; True if that sent a message."""
         cell = self._cells.get(key)
-        if cell is not None:
-            ids = self._layout.cell(key)
-            cell.show(ids, self._content(ids))
+        if cell is None:
+            return False
+        ids = self._layout.cell(key)
+        return cell.show(ids, self._content(ids))
 
     def _summary(self) -> str:
         return summary_html(self._group, self._layout, _counts(self._jobs))
@@ -358,7 +399,7 @@ class SweepGrid(LiveBox):
                         filler = self._fillers[key] = w.HTML(layout=self._shared.filler, style=self._shared.html_style)
                     tops.append(filler)
             children += tops + buttons
-        assign(self.grid_box.layout, grid_template_columns=f"auto repeat({len(cols)}, max-content)")
+        assign(self.grid_box.layout, grid_template_columns=f"repeat({len(cols) + 1}, max-content)")
         assign(self.grid_box, children=tuple(children))
         self._arranged = self._layout.shape_changes
         return made
@@ -404,6 +445,10 @@ class SweepGrid(LiveBox):
 
     def close(self) -> None:
         """Stop following the queue and close the grid and every widget in it."""
+        unhook = getattr(self, "_unhook", None)
+        if unhook is not None:
+            self._unhook = _nothing
+            unhook()
         # getattr: close() also runs from __del__ of a grid whose constructor failed half-way
         extra: list[Any] = [*getattr(self, "_fillers", {}).values(), *getattr(self, "_heads", {}).values()]
         extra += [part for cell in getattr(self, "_cells", {}).values() for part in (cell.html, cell.button)]
