@@ -32,7 +32,7 @@ from imgnb.core.records import JobRecord
 from imgnb.testing import FakeGenerator
 from imgnb.widgets import SweepGrid
 from imgnb.widgets.grid import MAX_CELLS_PER_REDRAW, grid_html
-from imgnb.widgets.sweep_html import recipe
+from imgnb.widgets.sweep_html import DetailEntry, detail_html, recipe, tile_html
 from imgnb.widgets.sweep_layout import UNSET, SweepLayout, check_axis, field_value
 
 MakeQueue = Callable[..., ImageQueue]
@@ -168,6 +168,24 @@ def test_a_job_whose_value_changed_moves_to_its_new_cell() -> None:
     assert layout.cell(draft) == [] and layout.cell_of(1) != draft
     assert set(moved) == {draft, layout.cell_of(1)}
     assert layout.place(replace(first, metadata={"phase": "final"}, revision=3)) == []  # unchanged: nothing to draw
+
+
+def test_tiles_recipes_and_details_from_plain_values() -> None:
+    running = _record(3, status=JobStatus.PROCESSING, progress=0.25)
+    assert ">processing<br>25%<" in tile_html(running, step=None, image_uri=None, size=64)  # another process's job
+    assert ">processing<br>3/12<" in tile_html(running, step=(3, 12), image_uri=None, size=64)
+    assert ">retrying<" in tile_html(_record(4, status=JobStatus.PENDING), step=None, image_uri=None, size=64)
+    odd = _record(5, prompt="it's", seed=3, params={"steps": 4, "lora-scale": 0.5})
+    assert recipe(odd) == "q.submit(\"it's\", seed=3, **{'steps': 4, 'lora-scale': 0.5})"  # no name for lora-scale
+    layout = SweepLayout("prompt", "seed")
+    layout.place(odd)
+    (key,) = [(r.key, c.key) for r in layout.rows.values for c in layout.cols.values]
+    entry = DetailEntry(record=odd, image_info={"model": "tiny-sd", "scheduler": "DDIM"})
+    page = detail_html(layout, key, [entry], size=256)
+    assert "prompt = it&#x27;s · seed = 3" in page
+    assert ">tiny-sd<" in page and ">DDIM<" in page  # what the generator wrote in the image file
+    own = detail_html(layout, key, [replace(entry, record=replace(odd, params={"model": "sd-2"}))], size=256)
+    assert ">sd-2<" in own and "tiny-sd" not in own  # the job's own model comes first
 
 
 # -- the widget ---------------------------------------------------------------------------------------

@@ -300,7 +300,8 @@ class SweepGrid(LiveBox):
             return _nothing
 
         def flush(result: object = None) -> None:
-            if self._live is not None and self._live.pending:
+            # on the loop's thread only, where redraws run (the kernel's loop; not a terminal IPython's)
+            if self._live is not None and self._live.pending and self._queue.loop.on_loop_thread():
                 self.refresh()
 
         shell.events.register("post_run_cell", flush)
