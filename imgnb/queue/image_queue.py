@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from ..widgets import QueueBoard
+    from ..widgets.grid import SweepGrid
 
 __all__ = ["ImageQueue"]
 
@@ -555,6 +556,12 @@ class ImageQueue:
         from ..widgets.display import queue_board
 
         return queue_board(self)
+
+    def grid(self, group: str, *, rows: str, cols: str) -> SweepGrid:
+        """A live grid of the group's jobs by two of their fields, e.g. ``rows="prompt", cols="seed"``."""
+        from ..widgets.display import sweep_grid
+
+        return sweep_grid(self, group, rows=rows, cols=cols)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
         from ..widgets.display import queue_bundle
