@@ -20,7 +20,6 @@ saved notebook.
 
 from __future__ import annotations
 
-import contextvars
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -68,10 +67,6 @@ def job_tile(job: Job, size: int) -> str:
     uri = thumbnail_uri(record.images[0], size, "JPEG") if done else None
     step = job.step if record.status is JobStatus.PROCESSING else None
     return tile_html(record, step=step, image_uri=uri, size=size)
-
-
-def _nothing() -> None:
-    return None
 
 
 def _image_text(path: str) -> dict[str, str]:
@@ -217,7 +212,6 @@ class SweepGrid(LiveBox):
             **kwargs,
         )
         self._live = LiveUpdates(queue, wants=self._wants, redraw=self.refresh, interval=self.interval)
-        self._unhook = self._flush_after_each_cell()
         self._redraw_all()  # catches what changed between the read above and the subscription
 
     # -- what the grid holds ---------------------------------------------------------------------
@@ -282,32 +276,6 @@ class SweepGrid(LiveBox):
 
     def refresh(self) -> None:
         """Redraw now what changed (the grid also does it by itself)."""
-        # In a fresh context: ipykernel sends a widget message on behalf of the request whose context
-        # the code runs in, and a redraw woken by a worker task runs in the context of the cell that
-        # opened the queue. nbclient (nbconvert --execute, papermill) listens only to the cell running
-        # now, so the saved notebook would keep cells as they were. In no context, ipykernel falls
-        # back to the latest request.
-        contextvars.Context().run(self._refresh)
-
-    def _flush_after_each_cell(self) -> Callable[[], None]:
-        """In IPython, draw what is pending when a cell ends, on behalf of that cell: the last job of
-        a cell that waits for its jobs completes a moment before its redraw is due, and nbclient would
-        not see a redraw sent once the cell is over. Returns the function that unhooks it."""
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is None:
-            return _nothing
-
-        def flush(result: object = None) -> None:
-            # on the loop's thread only, where redraws run (the kernel's loop; not a terminal IPython's)
-            if self._live is not None and self._live.pending and self._queue.loop.on_loop_thread():
-                self.refresh()
-
-        shell.events.register("post_run_cell", flush)
-        return lambda: shell.events.unregister("post_run_cell", flush)
-
-    def _refresh(self) -> None:
         if self._unknown and not self._queue.closed:
             self._learn()
         dirty, self._dirty = self._dirty, set()
@@ -446,10 +414,6 @@ class SweepGrid(LiveBox):
 
     def close(self) -> None:
         """Stop following the queue and close the grid and every widget in it."""
-        unhook = getattr(self, "_unhook", None)
-        if unhook is not None:
-            self._unhook = _nothing
-            unhook()
         # getattr: close() also runs from __del__ of a grid whose constructor failed half-way
         extra: list[Any] = [*getattr(self, "_fillers", {}).values(), *getattr(self, "_heads", {}).values()]
         extra += [part for cell in getattr(self, "_cells", {}).values() for part in (cell.html, cell.button)]
