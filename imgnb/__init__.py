@@ -11,6 +11,7 @@ from .core.retry import RetryPolicy
 from .core.states import JobStatus
 from .errors import (
     DatabaseError,
+    DatabaseURLError,
     IllegalTransition,
     ImgnbError,
     InvalidJob,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatabaseError",
+    "DatabaseURLError",
     "DeviceState",
     "EventKind",
     "GenerationRequest",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatabaseError",
+    "DatabaseURLError",
     "IllegalTransition",
     "ImgnbError",
     "InvalidJob",
@@ -90,6 +91,11 @@ class QueueConfigError(ImgnbError, ValueError):
 
 class DatabaseError(ImgnbError):
     """The job database cannot be used."""
+
+
+class DatabaseURLError(DatabaseError):
+    """The database URL cannot be used: it does not parse, or names a database kind or driver that
+    is not installed. Trying again will not help."""
 
 
 class NotADatabase(DatabaseError):

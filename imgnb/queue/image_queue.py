@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import logging
 import os
 import time
 import weakref
@@ -34,14 +35,17 @@ from .loop import DaemonExecutor, QueueLoop, keep_running
 from .mirror import QueueMirror
 from .models import ModelCatalog
 from .processes import alive, host_name, new_owner
-from .worker import DeviceWorker, WorkerContext
+from .worker import STOP_WAIT, DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
     from ..widgets import QueueBoard
+    from ..widgets.grid import SweepGrid
 
 __all__ = ["ImageQueue"]
+
+log = logging.getLogger("imgnb")
 
 _OPEN: weakref.WeakSet[ImageQueue] = weakref.WeakSet()
 
@@ -271,6 +275,9 @@ class ImageQueue:
         self._db_executor.shutdown(wait=True)
         returned = self.store.abandon(owner=self.owner, now=time.time())
         self._publish_written(returned)
+        for worker in self._workers:  # handed back already: now let each generation stop at its step
+            if not worker.wait_stopped(STOP_WAIT):
+                log.warning("imgnb: the generation on %s did not stop within %g s", worker.device, STOP_WAIT)
         if self._loop.owns_thread:
             self._loop.submit(self._cancel_tasks()).result(timeout=10)
             self._loop.stop()
@@ -609,6 +616,12 @@ class ImageQueue:
         from ..widgets.display import queue_board
 
         return queue_board(self)
+
+    def grid(self, group: str, *, rows: str, cols: str) -> SweepGrid:
+        """A live grid of the group's jobs by two of their fields, e.g. ``rows="prompt", cols="seed"``."""
+        from ..widgets.display import sweep_grid
+
+        return sweep_grid(self, group, rows=rows, cols=cols)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
         from ..widgets.display import queue_bundle

@@ -38,11 +38,12 @@ if TYPE_CHECKING:
 
     from .models import DeviceModels
 
-__all__ = ["DeviceWorker", "WorkerContext"]
+__all__ = ["STOP_WAIT", "DeviceWorker", "WorkerContext"]
 
 log = logging.getLogger("imgnb")
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at deadlines and cancellations while a job runs
+STOP_WAIT = 10.0  # seconds close() waits for a generation to reach its next step and stop
 PROGRESS_PERSIST_EVERY = 1.0  # seconds between progress writes, for other processes to show
 
 
@@ -135,6 +136,12 @@ class DeviceWorker:
             run.stop = run.stop or JobInterrupted("the queue was closed; the job went back to its place")
             run.settled = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """After ``shutdown``: wait for the generation to stop at its next step. A process must not
+        exit while its generation thread is inside a torch call (the C++ runtime aborts then); a
+        generator that never calls ``on_step`` is given up on after ``timeout`` seconds."""
+        return self._executor.join(timeout)
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from ..core.records import JobRecord, JobSpec
 from ..core.retry import has_runs_left
 from ..core.states import JobStatus, check_transition
 from ..core.validation import MAX_MODEL_LENGTH, json_data, validate_group, validate_job_id
-from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
+from ..errors import DatabaseError, DatabaseURLError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
 from .schema import SCHEMA_VERSION, DeviceRow, JobRow, MetaRow
@@ -252,7 +252,7 @@ class SQLStore(Store):
             self.engine = make_engine(self.url, read_only=self.read_only)
         except (sa.exc.SQLAlchemyError, ImportError) as exc:  # an unknown or missing driver
             where = self.url.render_as_string(hide_password=True)
-            raise DatabaseError(f"cannot open {where}: {type(exc).__name__}: {exc}") from None
+            raise DatabaseURLError(f"cannot open {where}: {type(exc).__name__}: {exc}") from None
         self.dialect = self.engine.dialect.name
         self._name = str(self.url.database) if self.dialect == "sqlite" else self.url.render_as_string(True)
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
