@@ -52,9 +52,14 @@ class _Model:
 
 
 def _named(name: object) -> str:
-    if not isinstance(name, str) or not name or len(name) > MAX_MODEL_LENGTH or "\x00" in name:
+    """A key of ``models=``: a name a job can store (the rule is ``validate_model``'s)."""
+    try:
+        checked = validate_model(name, None)
+    except InvalidJob:
+        checked = None
+    if checked is None:
         raise QueueConfigError(f"models key {name!r} is invalid; allowed: a name of 1 to {MAX_MODEL_LENGTH} characters")
-    return name
+    return checked
 
 
 class ModelCatalog:
@@ -333,5 +338,7 @@ class DeviceModels:
     def clear(self) -> None:
         """Drop every loaded model (at ``close()``); a generation still running keeps its own until it ends."""
         with self._lock:
+            held = bool(self._loaded)
             self._loaded.clear()
-        free_memory(self.device)
+        if held:
+            free_memory(self.device)
