@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -50,16 +51,20 @@ class Loader:
 
     pipeline_class = None  # marks an object as a loader, as ``@imgnb.loader()`` does
 
-    def __init__(self, *, fails: int = 0, gate: threading.Event | None = None, step_time: float = 0.0) -> None:
+    def __init__(
+        self, *, fails: int = 0, gate: threading.Event | None = None, step_time: float = 0.0, takes: float = 0.0
+    ) -> None:
         self.calls: list[str] = []
         self.fails = fails
         self.gate = gate
         self.step_time = step_time
+        self.takes = takes  # seconds a load lasts, as reading a checkpoint would
 
     def __call__(self, device: str) -> FakeGenerator:
         self.calls.append(device)
         if self.gate is not None:
             assert self.gate.wait(30)
+        time.sleep(self.takes)
         if len(self.calls) <= self.fails:
             raise RuntimeError("disk on fire")
         return FakeGenerator(steps=2, step_time=self.step_time)
@@ -217,6 +222,13 @@ async def test_loading_shows_on_the_job_its_card_and_the_board(
     assert job.loading is None and [e.job_id for e in seen] == [job.id, job.id]  # the load began, then ended
 
 
+def test_a_jobs_timeout_does_not_count_the_load_of_its_model(make_queue: MakeQueue, db_path: str) -> None:
+    q = make_queue(db_path, models={"slow": Loader(takes=1.0, step_time=0.05)}, devices=["dev"])
+    job = q.submit("worth the wait", timeout=0.5)  # a load of 1 s, then 2 steps of 0.05 s
+    job.result(timeout=30)
+    assert job.attempts == 1 and q.device_states()[0].load_seconds >= 1.0
+
+
 def test_a_failing_loader_fails_the_job_and_is_retried_while_the_worker_goes_on(
     make_queue: MakeQueue, db_path: str
 ) -> None:
@@ -262,6 +274,18 @@ def test_the_model_is_named_by_the_job_its_png_and_its_record(
     with pytest.raises(JobFailed, match=r"bogus=1 is invalid; allowed: a parameter StableDiffusionXLPipeline takes"):
         unchecked.result(timeout=60)
     assert unchecked.attempts == 1
+
+
+def test_batches_never_mix_models(tiny_pipelines: dict[str, Any], make_queue: MakeQueue, db_path: str) -> None:
+    same = imgnb.loader(StableDiffusionPipeline)(lambda device: tiny_pipelines["sd"])
+    q = make_queue(db_path, models={"sd": same, "also-sd": same}, batch_size=4, start=False)
+    jobs = q.submit_batch([{"prompt": f"p{i}", "model": ["sd", "also-sd"][i % 2], "steps": 2} for i in range(4)])
+    q.start()
+    for job in jobs:
+        job.result(timeout=60)
+    batches = {model: {j.batch for j in jobs if j.model == model} for model in ("sd", "also-sd")}
+    assert all(len(b) == 1 and None not in b for b in batches.values())  # each model's two jobs: one call
+    assert batches["sd"] != batches["also-sd"]  # the same parameters, but not the same model
 
 
 def test_a_version_2_database_is_upgraded(db_url: str, make_queue: MakeQueue) -> None:
