@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 from .core.history import Retention
 from .core.leases import LeasePolicy
 from .core.ordering import Priority
-from .core.records import EventKind, GenerationRequest, JobEvent
+from .core.records import DeviceState, EventKind, GenerationRequest, JobEvent, ModelLoad
 from .core.retry import RetryPolicy
 from .core.states import JobStatus
 from .errors import (
     DatabaseError,
+    DatabaseURLError,
     IllegalTransition,
     ImgnbError,
     InvalidJob,
@@ -22,12 +23,14 @@ from .errors import (
     JobTimedOut,
     JobWaitTimeout,
     MissingExtra,
+    ModelLoadError,
     NotADatabase,
     QueueClosed,
     QueueConfigError,
     SchemaVersionError,
     UnsupportedPipeline,
 )
+from .gen.loading import loader
 from .queue import ImageQueue, Job
 
 if TYPE_CHECKING:
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatabaseError",
+    "DatabaseURLError",
+    "DeviceState",
     "EventKind",
     "GenerationRequest",
     "IllegalTransition",
@@ -52,6 +57,8 @@ __all__ = [
     "JobWaitTimeout",
     "LeasePolicy",
     "MissingExtra",
+    "ModelLoad",
+    "ModelLoadError",
     "NotADatabase",
     "Priority",
     "QueueClosed",
@@ -60,6 +67,7 @@ __all__ = [
     "RetryPolicy",
     "SchemaVersionError",
     "UnsupportedPipeline",
+    "loader",
     "tiny_pipeline",
 ]
 

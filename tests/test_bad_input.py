@@ -384,6 +384,8 @@ def test_a_version_1_database_is_upgraded(db_url: str) -> None:
                 "CREATE FUNCTION imgnb_jsonb_merge(target jsonb, patch jsonb) RETURNS jsonb"
                 " LANGUAGE sql AS 'SELECT target || patch'"
             )
+        for column in ("model", "passed_over"):  # added by schema 3
+            conn.exec_driver_sql(f"ALTER TABLE imgnb_job DROP COLUMN {column}")
         conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 1")
     store.close()
     upgraded = SQLStore(db_url)

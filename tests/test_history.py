@@ -202,7 +202,7 @@ def test_a_new_sqlite_file_gives_pages_back_after_a_prune(make_queue: MakeQueue,
 def test_an_old_sqlite_file_turns_auto_vacuum_on_at_its_first_prune(make_queue: MakeQueue, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     make_queue(db, start=False).close()
-    with sqlite3.connect(db, isolation_level=None) as conn:  # as a file made before schema 3
+    with sqlite3.connect(db, isolation_level=None) as conn:  # as a file made before schema 4
         conn.executescript("PRAGMA auto_vacuum = NONE; VACUUM;")
         assert conn.execute("PRAGMA auto_vacuum").fetchone() == (0,)
     q = make_queue(db, start=False)
@@ -219,17 +219,17 @@ def _pages(db: Path) -> int:
     return os.path.getsize(db) // 4096
 
 
-def test_a_version_2_database_is_upgraded_with_its_counts(db_url: str) -> None:
+def test_a_version_3_database_is_upgraded_with_its_counts(db_url: str) -> None:
     store = SQLStore(db_url)
     jobs = store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW)
     store.cancel(jobs[0].id, now=NOW)
-    with store.engine.begin() as conn:  # back to schema 2: no counts table, triggers or history indexes
+    with store.engine.begin() as conn:  # back to schema 3: no counts table, triggers or history indexes
         conn.exec_driver_sql("DROP TABLE imgnb_count")
         if store.dialect == "postgresql":
             conn.exec_driver_sql("DROP FUNCTION imgnb_count_rows() CASCADE")
         for name in ("imgnb_job_status_id", "imgnb_job_finished", "imgnb_job_seq"):
             conn.exec_driver_sql(f"DROP INDEX {name}")
-        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 2")
+        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 3")
     store.close()
     upgraded = SQLStore(db_url)
     try:

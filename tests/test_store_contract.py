@@ -7,14 +7,17 @@ that is how the PostgreSQL store is known to behave exactly like the SQLite one.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from imgnb import IllegalTransition, JobNotFound, JobStatus
+from imgnb.core.affinity import Waiting, pick
 from imgnb.core.editing import Place
-from imgnb.core.records import JobSpec
+from imgnb.core.records import JobRecord, JobSpec
 from imgnb.store import Store
 
 S = JobStatus
@@ -364,3 +367,76 @@ def test_a_pending_job_can_be_moved_and_keeps_its_new_place(store: Store) -> Non
     store.move(a, to=Place.BACK, now=NOW)
     store.promote_due(now=NOW + 5)
     assert queued_ids(store) == [b, c, a]
+
+
+# -- model affinity (core.affinity.pick, applied inside the claim) ---------------------------------
+
+
+def on(model: str | None, priority: int = 1) -> JobSpec:
+    return replace(spec(f"for {model}", priority=priority), model=model)
+
+
+def take(store: Store, loaded: set[str | None], affinity: int) -> int | None:
+    claimed = store.claim(owner="w", device="d", now=NOW, lease=10, loaded=loaded, affinity=affinity)
+    return claimed[0].id if claimed else None
+
+
+def test_claim_stores_and_returns_the_model(store: Store) -> None:
+    a, none = store.add([on("a"), on(None)], batch_keys=[None, None], now=NOW)
+    assert (a.model, none.model) == ("a", None) and store.get(a.id).model == "a"
+    assert store.claim(owner="w", device="d", now=NOW, lease=10)[0].model == "a"
+
+
+def test_affinity_takes_a_loaded_model_within_n_places_of_its_priority(store: Store) -> None:
+    jobs = store.add([on("a"), on("a"), on("b"), on("b", priority=0)], batch_keys=[None] * 4, now=NOW)
+    assert take(store, {"b"}, affinity=1) == jobs[0].id  # b is 2 places behind the head: too far
+    assert take(store, {"b"}, affinity=1) == jobs[2].id  # now 1 place behind: taken first
+    assert take(store, {"b"}, affinity=5) == jobs[1].id  # the low-priority b is never taken early
+    assert take(store, {"b"}, affinity=5) == jobs[3].id
+
+
+def test_affinity_zero_or_nothing_loaded_is_strict_order(store: Store) -> None:
+    jobs = store.add([on("a"), on("b"), on("b")], batch_keys=[None] * 3, now=NOW)
+    assert take(store, {"b"}, affinity=0) == jobs[0].id
+    assert take(store, set(), affinity=4) == jobs[1].id
+
+
+def test_affinity_passes_a_job_over_at_most_n_times(store: Store) -> None:
+    first, *bs = store.add([on("a"), *[on("b") for _ in range(5)]], batch_keys=[None] * 6, now=NOW)
+    order = [take(store, {"b"}, affinity=2) for _ in range(6)]
+    assert order == [bs[0].id, bs[1].id, first.id, bs[2].id, bs[3].id, bs[4].id]
+
+
+def test_a_requeued_job_starts_its_count_again(store: Store) -> None:
+    a, b = store.add([on("a"), on("b")], batch_keys=[None, None], now=NOW)
+    assert take(store, {"b"}, affinity=1) == b.id  # a passed once: at the bound
+    store.finish(b.id, owner="w", status=JobStatus.ERROR, now=NOW, error="x")
+    assert store.requeue(b.id, now=NOW).id == b.id  # b goes to the end of the queue
+    (c,) = store.add([on("c")], batch_keys=[None], now=NOW)
+    assert take(store, {"c"}, affinity=1) == a.id  # a may not be passed again
+    store.finish(a.id, owner="w", status=JobStatus.ERROR, now=NOW, error="x")
+    assert take(store, {"c"}, affinity=1) == c.id  # b (count 0 again) is passed
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("affinity", [1, 3])
+def test_affinity_claims_follow_the_core_rule(store: Store, seed: int, affinity: int) -> None:
+    """Random queues and loaded models: every claim is the one ``pick`` makes, and no job starts
+    after more than ``affinity`` jobs that were behind it."""
+    rng = random.Random(seed)
+    specs = [on(rng.choice(["a", "b", "c", None]), priority=rng.choice([1, 1, 2])) for _ in range(40)]
+    added = store.add(specs, batch_keys=[None] * len(specs), now=NOW)
+    waiting = sorted(added, key=lambda r: r.order_key)
+    passed = {r.id: 0 for r in added}
+    started: list[JobRecord] = []
+    while waiting:
+        loaded = set(rng.sample(["a", "b", "c", None], rng.randint(0, 2)))
+        head = [Waiting(r.priority, r.model, passed[r.id]) for r in waiting[: affinity + 1]]
+        k = pick(head, loaded=loaded, affinity=affinity)
+        assert take(store, loaded, affinity) == waiting[k].id
+        for r in waiting[:k]:
+            passed[r.id] += 1
+        started.append(waiting.pop(k))
+    # counted from the order the jobs started in: how many that were behind each job went first
+    overtaken = [sum(o.order_key > r.order_key for o in started[:i]) for i, r in enumerate(started)]
+    assert 0 < max(overtaken) <= affinity

@@ -14,7 +14,17 @@ from typing import Any
 from .ordering import RUN_ORDER, OrderKey, order_key
 from .states import JobStatus
 
-__all__ = ["BulkChange", "EventKind", "GenerationRequest", "JobEvent", "JobRecord", "JobSpec", "RemovedJob"]
+__all__ = [
+    "BulkChange",
+    "DeviceState",
+    "EventKind",
+    "GenerationRequest",
+    "JobEvent",
+    "JobRecord",
+    "JobSpec",
+    "ModelLoad",
+    "RemovedJob",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +39,7 @@ class JobSpec:
     timeout: float | None
     max_retries: int
     metadata: dict[str, Any]
+    model: str | None = None  # the model it runs on, by its name in the queue's models=; None: the only one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +71,7 @@ class JobRecord:
     lease_until: float | None = None
     cancel_requested: bool = False
     batch: str | None = None  # the batched pipeline call it ran in, if any
+    model: str | None = None  # the model it runs on; None: the queue's only (or first) model
     revision: int = 0
 
     @property
@@ -84,6 +96,7 @@ class EventKind(StrEnum):
     STATUS = "status"  # the job changed status (error, attempts and times may have changed with it)
     POSITION = "position"  # its place in the queue moved
     PROGRESS = "progress"  # a generation step finished
+    MODEL = "model"  # the model the running job needs began or ended loading on its device
     REMOVED = "removed"  # pruned from the database (``status`` is the last one it had)
 
 
@@ -99,6 +112,26 @@ class JobEvent:
     error: str | None
     step: int | None = None
     total_steps: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelLoad:
+    """A model being loaded on a device, for the jobs that wait for it."""
+
+    model: str
+    device: str
+    since: float  # epoch seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceState:
+    """Which models one device of this process holds, and what it is loading."""
+
+    device: str
+    loaded: tuple[str, ...]  # least recently used first
+    loading: ModelLoad | None = None
+    loads: int = 0  # models loaded on it so far (the ones given as pipelines are not counted)
+    load_seconds: float = 0.0  # time those loads took, in all
 
 
 @dataclass(frozen=True, kw_only=True)

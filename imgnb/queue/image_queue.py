@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import logging
 import os
 import time
 import weakref
@@ -24,29 +25,33 @@ from ..core.editing import EDITABLE_STATUSES, Place
 from ..core.history import Retention, prunable_statuses, prune_rule
 from ..core.leases import LeasePolicy
 from ..core.owners import dead_on_host
-from ..core.records import EventKind, GenerationRequest, JobEvent, JobRecord, JobSpec, RemovedJob
+from ..core.records import DeviceState, EventKind, JobEvent, JobRecord, JobSpec, ModelLoad, RemovedJob
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
 from ..core.table import TIME_COLUMNS, columns, job_row
-from ..core.validation import ParamsValidator, invalid, parse_priority, validate_job, validate_patch
+from ..core.validation import invalid, parse_priority, validate_job, validate_patch
 from ..errors import JobInterrupted, MissingExtra, QueueClosed, QueueConfigError
-from ..gen.base import BatchGenerator, Generator, ParamsChecker
+from ..gen.base import Generator
 from ..store import SQLStore, Store
 from .events import EventBus, Subscriber
 from .files import delete_images as delete_images_of
 from .job import Job, JobState
 from .loop import DaemonExecutor, QueueLoop, keep_running
 from .mirror import QueueMirror
+from .models import ModelCatalog
 from .processes import alive, host_name, new_owner
-from .worker import DeviceWorker, WorkerContext
+from .worker import STOP_WAIT, DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
     import pandas
     from PIL.Image import Image
 
     from ..widgets import QueueBoard
+    from ..widgets.grid import SweepGrid
 
 __all__ = ["ImageQueue"]
+
+log = logging.getLogger("imgnb")
 
 _OPEN: weakref.WeakSet[ImageQueue] = weakref.WeakSet()
 
@@ -64,38 +69,33 @@ T = TypeVar("T")
 _BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
 
 
-def _generators(generator: Any, pipeline: Any, *, previews: bool, preview_interval: float) -> dict[str, Generator]:
-    """Device name -> generator, from ``generator=`` or ``pipeline=`` (one, or a dict by device)."""
-    if generator is not None and pipeline is not None:
-        raise QueueConfigError("give generator= or pipeline=, not both")
-    gens: Mapping[Any, Any]
-    if pipeline is not None:
-        from ..gen.diffusers_gen import DiffusersGenerator
-
-        pipes = pipeline if isinstance(pipeline, Mapping) else {None: pipeline}
-        # the adapter names the device the pipeline computes on (its execution device, which
-        # differs from ``pipe.device`` under model offloading): that is the device to lock
-        gens = {
-            d: DiffusersGenerator(p, previews=previews, preview_interval=preview_interval) for d, p in pipes.items()
-        }
-    elif generator is None:
-        return {}
-    else:
-        gens = generator if isinstance(generator, Mapping) else {None: generator}
-    for g in gens.values():
-        if not callable(g):
-            raise QueueConfigError(
-                f"generator={g!r} is invalid; allowed: a callable generator(request, on_step) -> images"
-            )
-    return {str(d if d is not None else getattr(g, "device", "default")): g for d, g in gens.items()}
-
-
 class ImageQueue:
     """A persistent queue of text-to-image jobs, run one at a time per device.
 
     ``db`` is an SQLite file path (created with its folder) or an SQLAlchemy URL such as
     ``postgresql+psycopg://user@host/db``; several processes may share one database. Without a
-    generator or pipeline the queue only stores and watches jobs (other processes run them).
+    generator, pipeline or models the queue only stores and watches jobs (other processes run them).
+
+    What runs the jobs, one of:
+
+    - ``pipeline=pipe``: one diffusers pipeline (or a dict of them by device), the one-model
+      shortcut; the model is named after ``pipe.name_or_path``, or ``"default"`` when it has none.
+    - ``models={"sd15": load_sd15, "sdxl": load_sdxl}``: several models by name, each a pipeline,
+      a generator, or a loader ``load(device) -> pipeline`` called when a job first needs that
+      model on a device (see ``imgnb.gen.loading``; declare a loader's pipeline class with
+      ``@imgnb.loader(StableDiffusionXLPipeline)`` and jobs for it are checked at submit without
+      loading it; otherwise only as JSON, and against the pipeline when they run). Jobs name their
+      model with ``submit(..., model="sdxl")``; jobs stored without one run on the first model.
+    - ``generator=``: any ``generator(request, on_step) -> images`` (or a dict by device), unnamed.
+
+    ``devices`` lists the devices that run jobs, one worker and one lock each (default: the
+    pipeline's device, or the accelerator torch sees, else ``"cpu"``). A device keeps at most
+    ``max_loaded`` models its loaders made: loading another unloads the least recently used one
+    first and gives its memory back. A job's timeout does not count the time its model took to load.
+
+    ``affinity`` (default 0: strict order) lets a worker whose device holds a model take a job for
+    that model up to ``affinity`` places behind the head of the queue, at the head's priority, to
+    save a reload; no job is passed over more than ``affinity`` times (see ``core.affinity``).
     """
 
     def __init__(
@@ -104,6 +104,10 @@ class ImageQueue:
         *,
         generator: Generator | Mapping[str, Generator] | None = None,
         pipeline: Any = None,
+        models: Mapping[str, Any] | None = None,
+        devices: Iterable[str] | None = None,
+        max_loaded: int = 1,
+        affinity: int = 0,
         start: bool = True,
         images_dir: str | os.PathLike[str] | None = None,
         batch_size: int = 1,
@@ -122,17 +126,24 @@ class ImageQueue:
             raise QueueConfigError(f"keep={keep!r} is invalid; allowed: None (keep every job) or imgnb.Retention(...)")
         self.keep = keep  # automatic pruning, on open and then every keep.every seconds
         self._next_retention = 0.0  # monotonic time of the next automatic prune
-        generators = _generators(generator, pipeline, previews=previews, preview_interval=float(preview_interval))
+        for name, value in (("max_loaded", max_loaded), ("affinity", affinity)):
+            least = 1 if name == "max_loaded" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise QueueConfigError(f"{name}={value!r} is invalid; allowed: an integer >= {least}")
+        self._catalog = ModelCatalog(
+            generator=generator,
+            pipeline=pipeline,
+            models=models,
+            devices=list(devices) if devices is not None else None,
+            previews=previews,
+            preview_interval=float(preview_interval),
+        )
         self.retry_policy = retry_policy or RetryPolicy()
         self.lease_policy = lease or LeasePolicy()
         self.host = host_name()
         self.owner = str(new_owner())  # host:pid:process start:token, so same-host death is seen at once
         self.store: Store = store or SQLStore(os.fspath(db))
         self.images_dir = Path(images_dir) if images_dir is not None else self.store.default_images_dir()
-        self._check_params: ParamsValidator | None = next(
-            (g.validate_params for g in generators.values() if isinstance(g, ParamsChecker)), None
-        )
-        self._batch_key = next((g.batch_key for g in generators.values() if isinstance(g, BatchGenerator)), None)
         self._batching = batch_size > 1
         # A queue of this host that died (killed, crashed) left its jobs processing: take them back
         # now, before the first claim, so the interrupted job is the next to run at its old place.
@@ -141,6 +152,7 @@ class ImageQueue:
         self._handles: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
         self._steps: dict[int, tuple[int, int]] = {}
         self._previews: dict[int, Image] = {}  # the latest preview of each job running here
+        self._loading: dict[int, ModelLoad] = {}  # the model load each job running here waits for
         self._loop = QueueLoop()
         self._bus = EventBus()
         self._db_executor = DaemonExecutor("imgnb-db")
@@ -162,10 +174,18 @@ class ImageQueue:
             call_on_loop=self._loop.call,
             may_claim=lambda: self._started and not self._paused,
             wait_for_work=self._idle,
+            report_loading=self._on_loading,
         )
         self._workers = [
-            DeviceWorker(context, device=d, lock_name=f"{self.host}/{d}", generator=g, batch_size=batch_size)
-            for d, g in generators.items()
+            DeviceWorker(
+                context,
+                device=d,
+                lock_name=f"{self.host}/{d}",
+                models=self._catalog.for_device(d, max_loaded=max_loaded),
+                batch_size=batch_size,
+                affinity=affinity,
+            )
+            for d in self._catalog.devices
         ]
         _OPEN.add(self)
         self._run_on_loop(self._start_background)
@@ -243,6 +263,16 @@ class ImageQueue:
     def devices(self) -> list[str]:
         return [w.device for w in self._workers]
 
+    @property
+    def models(self) -> list[str]:
+        """The names of the models this queue runs, in the order given (the first runs the jobs
+        stored without one); empty for a ``generator=`` queue and one that runs no jobs."""
+        return list(self._catalog.names)
+
+    def device_states(self) -> list[DeviceState]:
+        """Per device of this process: the models it holds and the one it is loading, if any."""
+        return [w.models.state() for w in self._workers]
+
     def close(self) -> None:
         """Stop at once, losing nothing: running jobs go back to their place in the queue (the
         interrupted run is not counted) and resume when a queue on this database runs again."""
@@ -252,9 +282,13 @@ class ImageQueue:
         _OPEN.discard(self)
         for worker in self._workers:
             self._loop.call(worker.shutdown)
+            worker.models.clear()  # the loaded models' memory goes back once a running call ends
         self._db_executor.shutdown(wait=True)
         returned = self.store.abandon(owner=self.owner, now=time.time())
         self._publish_written(returned)
+        for worker in self._workers:  # handed back already: now let each generation stop at its step
+            if not worker.wait_stopped(STOP_WAIT):
+                log.warning("imgnb: the generation on %s did not stop within %g s", worker.device, STOP_WAIT)
         if self._loop.owns_thread:
             self._loop.submit(self._cancel_tasks()).result(timeout=10)
             self._loop.stop()
@@ -290,9 +324,16 @@ class ImageQueue:
         max_retries: int = 3,
         metadata: dict[str, Any] | None = None,
         seed: int | None = None,
+        model: str | None = None,
         **params: Any,
     ) -> Job:
-        """Store one job and return its live handle. ``params`` go to the generator."""
+        """Store one job and return its live handle. ``params`` go to the generator.
+
+        ``model`` names one of the queue's ``models``; with one model it may be left out. An unknown
+        one is refused (``InvalidJob`` naming the known ones), as are parameters that model does
+        not take, before anything is stored.
+        """
+        model = self._catalog.resolve(model)
         spec = validate_job(
             prompt,
             priority=priority,
@@ -302,7 +343,8 @@ class ImageQueue:
             metadata=metadata,
             seed=seed,
             params=params,
-            check_params=self._check_params,
+            check_params=self._catalog.check_params(model),
+            model=model,
         )
         return self._add([spec])[0]
 
@@ -315,11 +357,13 @@ class ImageQueue:
         timeout: float | None = 300.0,
         max_retries: int = 3,
         metadata: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> list[Job]:
         """Store several jobs at once, all or none, consecutive in the queue.
 
         Each item is a dict with ``prompt`` and optionally ``seed``, ``timeout``, ``max_retries``,
-        ``metadata`` and generation parameters; ``priority`` and ``group`` are set for the batch.
+        ``metadata``, ``model`` and generation parameters; ``priority`` and ``group`` are set for
+        the batch, ``model`` and the others are defaults an item may override.
         """
         specs: list[JobSpec] = []
         if not isinstance(items, Iterable) or isinstance(items, (str, bytes, Mapping)):
@@ -333,6 +377,7 @@ class ImageQueue:
                     raise invalid(name, fields[name], f"set {name}= once for the whole batch", item=i)
             if "prompt" not in fields:
                 raise invalid("prompt", None, "every item needs a 'prompt'", item=i)
+            named = self._catalog.resolve(fields.pop("model", model), item=i)
             specs.append(
                 validate_job(
                     fields.pop("prompt"),
@@ -343,7 +388,8 @@ class ImageQueue:
                     metadata=fields.pop("metadata", metadata),
                     seed=fields.pop("seed", None),
                     params=fields,
-                    check_params=self._check_params,
+                    check_params=self._catalog.check_params(named),
+                    model=named,
                     item=i,
                 )
             )
@@ -358,12 +404,7 @@ class ImageQueue:
         return [self._handle(r) for r in records]
 
     def _key_of(self, spec: JobSpec) -> str | None:
-        if not self._batching or self._batch_key is None:
-            return None
-        key: str | None = self._batch_key(
-            GenerationRequest(job_id=0, prompt=spec.prompt, params=spec.params, seed=spec.seed)
-        )
-        return key
+        return self._catalog.batch_key(spec) if self._batching else None
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -598,6 +639,10 @@ class ImageQueue:
         """The latest preview of a job running in this process, else None."""
         return self._previews.get(job_id)
 
+    def loading_of(self, job_id: int) -> ModelLoad | None:
+        """The model load a job running in this process waits for, else None."""
+        return self._loading.get(job_id)
+
     # -- internals ------------------------------------------------------------------------------
 
     def _handle(self, record: JobRecord) -> Job:
@@ -622,6 +667,7 @@ class ImageQueue:
             if record.status is not JobStatus.PROCESSING:
                 self._steps.pop(record.id, None)
                 self._previews.pop(record.id, None)  # the result replaces it
+                self._loading.pop(record.id, None)
             elif record.cancel_requested:
                 self._loop.call(self._stop_local, record.id, JobInterrupted("cancelled"))
         events, touched = self._mirror.apply(records, emit=bool(self._bus))
@@ -658,6 +704,27 @@ class ImageQueue:
                     error=record.error if record is not None else None,
                     step=step,
                     total_steps=total,
+                )
+            )
+        self._bus.deliver(events)
+
+    def _on_loading(self, job_ids: list[int], load: ModelLoad | None) -> None:
+        """A model load for these running jobs began (``load``) or ended (None), on the loop thread."""
+        events = []
+        for job_id in job_ids:
+            if load is None:
+                self._loading.pop(job_id, None)
+            else:
+                self._loading[job_id] = load
+            record = self._mirror.record_of(job_id)
+            events.append(
+                JobEvent(
+                    kind=EventKind.MODEL,
+                    job_id=job_id,
+                    status=JobStatus.PROCESSING,
+                    position=None,
+                    progress=0.0,
+                    error=record.error if record is not None else None,
                 )
             )
         self._bus.deliver(events)
@@ -722,6 +789,12 @@ class ImageQueue:
         from ..widgets.display import queue_board
 
         return queue_board(self)
+
+    def grid(self, group: str, *, rows: str, cols: str) -> SweepGrid:
+        """A live grid of the group's jobs by two of their fields, e.g. ``rows="prompt", cols="seed"``."""
+        from ..widgets.display import sweep_grid
+
+        return sweep_grid(self, group, rows=rows, cols=cols)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
         from ..widgets.display import queue_bundle

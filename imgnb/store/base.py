@@ -60,10 +60,25 @@ class Store(ABC):
         """The current revision and the jobs changed after ``revision``."""
 
     @abstractmethod
-    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+    def claim(
+        self,
+        *,
+        owner: str,
+        device: str,
+        now: float,
+        lease: float,
+        batch_size: int = 1,
+        loaded: Collection[str | None] = (),
+        affinity: int = 0,
+    ) -> list[JobRecord]:
         """Take ``device``'s lock and the next queued job (plus up to ``batch_size - 1`` queued jobs
         sharing its batch key, first attempts only), marking them ``processing``. Empty when the
-        device is held by a live owner or nothing is eligible; then nothing changes."""
+        device is held by a live owner or nothing is eligible; then nothing changes.
+
+        The next job is the head of the queue, or with ``affinity`` > 0 the one
+        ``core.affinity.pick`` chooses among the first ``affinity + 1`` given the models the
+        device holds (``loaded``); the store keeps each job's count of passes with the job (not
+        part of its record), and a hand-made ``requeue`` sets it back to 0."""
 
     @abstractmethod
     def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:

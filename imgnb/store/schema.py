@@ -15,11 +15,12 @@ from sqlmodel import Field, SQLModel
 
 from ..core.ordering import RUN_ORDER
 from ..core.states import JobStatus
-from ..core.validation import MAX_GROUP_LENGTH
+from ..core.validation import MAX_GROUP_LENGTH, MAX_MODEL_LENGTH
 
 __all__ = ["COUNT_ROWS", "COUNT_TRIGGERS", "SCHEMA_VERSION", "CountRow", "DeviceRow", "JobRow", "MetaRow"]
 
-SCHEMA_VERSION = 3  # 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: counts, history indexes
+# 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: model, passed_over; 4: counts, history indexes
+SCHEMA_VERSION = 4
 
 
 class MetaRow(SQLModel, table=True):
@@ -78,6 +79,9 @@ class JobRow(SQLModel, table=True):
     cancel_requested: bool = False
     batch_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     batch: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, max_length=MAX_MODEL_LENGTH)  # NULL: the queue's only or first model
+    # claims that took a later job of its priority first (model affinity): at most the affinity
+    passed_over: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     revision: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
 
 

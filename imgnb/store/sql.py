@@ -25,14 +25,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ..core.affinity import Waiting, pick
 from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
 from ..core.merge import merge_patch
 from ..core.ordering import RUN_ORDER, OrderKey, order_key
 from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
 from ..core.retry import has_runs_left
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
-from ..core.validation import json_data, validate_group, validate_job_id
-from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
+from ..core.validation import MAX_MODEL_LENGTH, json_data, validate_group, validate_job_id
+from ..errors import DatabaseError, DatabaseURLError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
 from .schema import COUNT_ROWS, COUNT_TRIGGERS, SCHEMA_VERSION, CountRow, DeviceRow, JobRow, MetaRow
@@ -49,7 +50,7 @@ _HISTORY_INDEXES = ("imgnb_job_status_id", "imgnb_job_finished", "imgnb_job_seq"
 
 
 def _history_schema(dialect: str) -> tuple[str, ...]:
-    """Schema 3, from the declarations in ``schema``: the counts table, its triggers, its first
+    """Schema 4, from the declarations in ``schema``: the counts table, its triggers, its first
     counts, and the indexes that make pages, pruning and moves cheap. Each statement may run again."""
     compiler = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect}[dialect]()
     indexes = [ix for ix in job.indexes if ix.name in _HISTORY_INDEXES]
@@ -73,7 +74,14 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
         ),
         "sqlite": (),  # its JSON columns held text already
     },
-    2: {dialect: _history_schema(dialect) for dialect in ("postgresql", "sqlite")},  # counts, history indexes
+    2: {  # jobs name their model; model affinity counts the claims that passed each job over
+        dialect: (
+            f"ALTER TABLE imgnb_job ADD COLUMN model VARCHAR({MAX_MODEL_LENGTH})",
+            "ALTER TABLE imgnb_job ADD COLUMN passed_over INTEGER NOT NULL DEFAULT 0",
+        )
+        for dialect in ("postgresql", "sqlite")
+    },
+    3: {dialect: _history_schema(dialect) for dialect in ("postgresql", "sqlite")},  # counts, history indexes
 }
 
 # Hot-path statements are built once, with bound parameters: building a statement with many
@@ -154,6 +162,17 @@ _CLAIM_HEAD = (
     )
     .values(**_RUNNING)
     .returning(*job.c)
+)
+_WINDOW = (  # the head of the queue, as model affinity reads it
+    sa.select(job.c.id, job.c.priority, job.c.model, job.c.passed_over)
+    .where(job.c.status == _QUEUED)
+    .order_by(*_RUN_ORDER)
+    .limit(B("b_n"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_ID = sa.update(job).where(job.c.id == B("b_id"), job.c.status == _QUEUED).values(**_RUNNING).returning(*job.c)
+_PASS_OVER = (  # not a change others need to see: the revision stays
+    sa.update(job).where(job.c.id.in_(B("b_ids", expanding=True))).values(passed_over=job.c.passed_over + 1)
 )
 _CLAIM_MATES = (
     sa.update(job)
@@ -258,6 +277,7 @@ def _decode(job_id: int, m: Mapping[Any, Any]) -> tuple[JobRecord, str | None]:
         lease_until=m.get("lease_until"),
         cancel_requested=bool(m["cancel_requested"]),
         batch=m.get("batch"),
+        model=m.get("model"),
         revision=m["revision"],
     )
     return record, "; ".join(problems) or None
@@ -277,7 +297,7 @@ class SQLStore(Store):
             self.engine = make_engine(self.url, read_only=self.read_only)
         except (sa.exc.SQLAlchemyError, ImportError) as exc:  # an unknown or missing driver
             where = self.url.render_as_string(hide_password=True)
-            raise DatabaseError(f"cannot open {where}: {type(exc).__name__}: {exc}") from None
+            raise DatabaseURLError(f"cannot open {where}: {type(exc).__name__}: {exc}") from None
         self.dialect = self.engine.dialect.name
         self._name = str(self.url.database) if self.dialect == "sqlite" else self.url.render_as_string(True)
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
@@ -450,6 +470,23 @@ class SQLStore(Store):
         return None if row is None else _record(row)
 
     @staticmethod
+    def _claim_next(
+        conn: sa.Connection, args: dict[str, Any], loaded: Collection[str | None], affinity: int
+    ) -> sa.Row[Any] | None:
+        """Claim the job ``core.affinity.pick`` chooses: the head of the queue, or with affinity one
+        for a loaded model a few places behind it, counting a pass for each job it goes past."""
+        if affinity <= 0 or not loaded:
+            return conn.execute(_CLAIM_HEAD, args).first()
+        window = conn.execute(_WINDOW, {"b_n": affinity + 1}).all()
+        if not window:
+            return None
+        k = pick([Waiting(r.priority, r.model, r.passed_over) for r in window], loaded=loaded, affinity=affinity)
+        row = conn.execute(_CLAIM_ID, {**args, "b_id": window[k].id}).first()
+        if k:
+            conn.execute(_PASS_OVER, {"b_ids": [r.id for r in window[:k]]})
+        return row
+
+    @staticmethod
     def _fail_unreadable(conn: sa.Connection, job_id: int, problem: str, *, now: float, rev: int) -> None:
         """End a claimed job whose row cannot be decoded: it could never run, and must not block others."""
         conn.execute(
@@ -494,6 +531,8 @@ class SQLStore(Store):
                     "run_at": now,
                     "cancel_requested": False,
                     "batch_key": key,
+                    "model": spec.model,
+                    "passed_over": 0,
                     "revision": rev,
                 }
                 for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True))
@@ -556,7 +595,17 @@ class SQLStore(Store):
             rows = conn.execute(sa.select(job).where(job.c.revision > revision).order_by(job.c.revision, job.c.id))
             return current, [_record(r) for r in rows]
 
-    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+    def claim(
+        self,
+        *,
+        owner: str,
+        device: str,
+        now: float,
+        lease: float,
+        batch_size: int = 1,
+        loaded: Collection[str | None] = (),
+        affinity: int = 0,
+    ) -> list[JobRecord]:
         if self.read_only:
             return []
         if device not in self._devices:  # its own transaction: the claim below may roll back
@@ -571,7 +620,7 @@ class SQLStore(Store):
                 txn.rollback()  # held by a live owner: leave the lock and the revision as they were
                 return []
             failed = False
-            while (head := conn.execute(_CLAIM_HEAD, args).first()) is not None:
+            while (head := self._claim_next(conn, args, loaded, affinity)) is not None:
                 first, problem = _decode(head._mapping["id"], head._mapping)
                 if problem is None:
                     break
@@ -698,6 +747,7 @@ class SQLStore(Store):
                 device=None,
                 batch=None,
                 cancel_requested=False,
+                passed_over=0,
                 updated_at=now,
                 revision=rev,
             )
@@ -857,7 +907,7 @@ class SQLStore(Store):
 
     def _give_back_pages(self) -> None:
         """Return the pages a prune freed to the file system (PostgreSQL's autovacuum makes them
-        reusable by itself). A file made before schema 3 has no auto-vacuum: its first prune turns
+        reusable by itself). A file made before schema 4 has no auto-vacuum: its first prune turns
         it on with a one-time ``VACUUM``, which rewrites the file (seconds for a million jobs)."""
         with self._guarded():
             raw = self.engine.raw_connection()
@@ -918,6 +968,7 @@ class SQLStore(Store):
                     device=None,
                     batch=None,
                     cancel_requested=False,
+                    passed_over=0,  # as a requeue by hand
                     updated_at=now,
                     revision=rev,
                 )

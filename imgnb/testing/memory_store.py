@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..core.affinity import Waiting, pick
 from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
 from ..core.history import pruned_ids
 from ..core.merge import merge_patch
@@ -36,6 +37,7 @@ class MemoryStore(Store):
         self._lock = threading.RLock()
         self._jobs: dict[int, JobRecord] = {}
         self._batch_keys: dict[int, str | None] = {}
+        self._passed_over: dict[int, int] = {}  # claims that took a later job first (model affinity)
         self._devices: dict[str, tuple[str | None, float | None]] = {}  # name -> (owner, lease_until)
         self._revision = 0
         self._next_seq = 0
@@ -92,6 +94,7 @@ class MemoryStore(Store):
                     metadata=copy.deepcopy(spec.metadata),
                     timeout=spec.timeout,
                     max_retries=spec.max_retries,
+                    model=spec.model,
                     created_at=now,
                     updated_at=now,
                     run_at=now,
@@ -142,7 +145,17 @@ class MemoryStore(Store):
             changed = sorted(self._where(lambda r: r.revision > revision), key=lambda r: (r.revision, r.id))
             return self._revision, changed
 
-    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+    def claim(
+        self,
+        *,
+        owner: str,
+        device: str,
+        now: float,
+        lease: float,
+        batch_size: int = 1,
+        loaded: Collection[str | None] = (),
+        affinity: int = 0,
+    ) -> list[JobRecord]:
         with self._lock:
             holder, until = self._devices.get(device, (None, None))
             if holder not in (None, owner) and until is not None and until >= now:
@@ -150,11 +163,15 @@ class MemoryStore(Store):
             queued = sorted(self._where(lambda r: r.status is JobStatus.QUEUED), key=lambda r: r.order_key)
             if not queued:
                 return []
-            head = queued[0]
+            window = [Waiting(r.priority, r.model, self._passed_over.get(r.id, 0)) for r in queued[: affinity + 1]]
+            k = pick(window, loaded=loaded, affinity=affinity)
+            for passed in queued[:k]:
+                self._passed_over[passed.id] = self._passed_over.get(passed.id, 0) + 1
+            head = queued[k]
             key = self._batch_keys.get(head.id)
             chosen = [head]
             if batch_size > 1 and key is not None and head.attempts == 0:
-                mates = [r for r in queued[1:] if self._batch_keys.get(r.id) == key and r.attempts == 0]
+                mates = [r for r in queued if r is not head and self._batch_keys.get(r.id) == key and r.attempts == 0]
                 chosen += mates[: batch_size - 1]
             rev = self._bump()
             self._devices[device] = (owner, now + lease)
@@ -256,6 +273,7 @@ class MemoryStore(Store):
         with self._lock:
             current = self._one(job_id)
             check_transition(current.status, JobStatus.QUEUED)
+            self._passed_over.pop(job_id, None)
             return self._put(
                 current,
                 status=JobStatus.QUEUED,
@@ -371,6 +389,7 @@ class MemoryStore(Store):
             removed = [self._jobs.pop(job_id) for job_id in chosen]
             for record in removed:
                 self._batch_keys.pop(record.id, None)
+                self._passed_over.pop(record.id, None)
         return [RemovedJob(id=r.id, status=r.status, images=r.images) for r in removed]
 
     def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> BulkChange:
@@ -395,6 +414,8 @@ class MemoryStore(Store):
             if not failed:
                 return []
             first, rev = self._take_seq(len(failed)), self._bump()
+            for record in failed:
+                self._passed_over.pop(record.id, None)  # as a requeue by hand
             return [
                 self._put(
                     r,

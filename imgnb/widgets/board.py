@@ -1,6 +1,7 @@
 """``QueueBoard``: a whole queue, live, built from stock ipywidgets.
 
-It shows counts per status, the running jobs with their progress, the head of the queue in run
+It shows counts per status, per device the models it holds and the one it is loading (for a queue
+with named models), the running jobs with their model and progress, the head of the queue in run
 order (the first ``max_queued``, then "+N more"), the last ``max_recent`` finished jobs with
 thumbnails or errors, and buttons for what a person does most: Pause/Resume, "Retry failed", and
 "To front" and "Cancel" beside each of the first ``QUEUED_WITH_BUTTONS`` queued jobs.
@@ -27,7 +28,18 @@ from ..core.describe import ordinal, short
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from ..errors import ImgnbError
-from .format import QueuedRow, StepClock, block, counts_html, job_view, more_html, queued_html
+from .format import (
+    QueuedRow,
+    StepClock,
+    block,
+    counts_html,
+    devices_html,
+    job_view,
+    loading_text,
+    model_label,
+    more_html,
+    queued_html,
+)
 from .live import LiveBox, LiveUpdates, assign, hold_all, set_bar
 from .thumbs import preview_jpeg, thumbnail_png
 
@@ -65,10 +77,15 @@ class _RunningRow:
             now=time.time(),
             seconds_per_step=clock.seconds_per_step() if clock else None,
             recheck_every=job.queue.lease_policy.heartbeat,
+            loading=job.loading,
         )
-        timing = f"<br><span style='color:#757575'>{v.timing}</span>" if v.timing else ""
+        load = job.loading
+        loading = f"<br>{loading_text(load, time.time())}" if load is not None else ""
+        shown = v.timing and load is None  # while loading, the loading line has the clock
+        timing = f"<br><span style='color:#757575'>{v.timing}</span>" if shown else ""
         stalled = "<br>worker stopped responding" if v.bar_text == "stalled" else ""
-        assign(self.label, value=block(f"#{job.id} {html.escape(short(job.prompt, 50))}{timing}{stalled}"))
+        text = f"#{job.id} {html.escape(short(job.prompt, 50))}{model_label(job.model)}{loading}{timing}{stalled}"
+        assign(self.label, value=block(text))
         set_bar(self.bar, value=v.bar_value, max=v.bar_max, description=v.bar_text, bar_style=v.bar_style)
         preview = job.preview
         if preview is not self._preview_of:
@@ -101,7 +118,8 @@ class _QueuedRow:
     def show(self, row: QueuedRow) -> None:
         self.job_id = row.job_id
         priority = "" if row.priority == "normal" else f" <span style='color:#757575'>{row.priority}</span>"
-        text = f"{ordinal(row.position)} &nbsp;#{row.job_id} {html.escape(short(row.prompt))}{priority}"
+        prompt = html.escape(short(row.prompt))
+        text = f"{ordinal(row.position)} &nbsp;#{row.job_id} {prompt}{model_label(row.model)}{priority}"
         assign(self.label, value=block(text))
         assign(self.front_button, disabled=row.position == 1)
 
@@ -128,7 +146,7 @@ class _Tile:
             assign(self.image, value=png)
         assign(self.image.layout, display="" if png is not None else "none")
         v = job_view(record, position=None, step=None)
-        text = f"#{record.id} {v.state}<br>{html.escape(short(record.prompt, 40))}"
+        text = f"#{record.id} {v.state}{model_label(record.model)}<br>{html.escape(short(record.prompt, 40))}"
         if record.error:
             text += f"<br><span style='color:#c62828'>{html.escape(short(record.error, 120))}</span>"
         assign(self.caption, value=block(text))
@@ -165,6 +183,7 @@ class QueueBoard(LiveBox):
         self._running = {j.id for j in running}
         self._handles: dict[int, Job] = {j.id: j for j in running}  # of the jobs on show
         self.header_html = w.HTML()
+        self.devices_html = w.HTML(layout=w.Layout(display="" if queue.models else "none"))
         self.pause_button = w.Button(description="Pause", icon="pause")
         self.resume_button = w.Button(description="Resume", icon="play")
         self.retry_failed_button = w.Button(
@@ -180,8 +199,9 @@ class QueueBoard(LiveBox):
         self._rows: list[_RunningRow] = []
         self._queued_rows: list[_QueuedRow] = []
         self._tiles: list[_Tile] = []
-        self._fixed = [self.header_html, self.pause_button, self.resume_button, self.retry_failed_button]
-        self._fixed += [self.running_box, self.queued_box, self.queued_html, self.recent_box]
+        self._fixed = [self.header_html, self.devices_html, self.pause_button, self.resume_button]
+        self._fixed += [self.retry_failed_button, self.running_box, self.queued_box, self.queued_html]
+        self._fixed += [self.recent_box]
 
         def heading(text: str) -> w.HTML:
             return w.HTML(f"<b style='color:#616161'>{text}</b>")
@@ -191,7 +211,7 @@ class QueueBoard(LiveBox):
         self._static = [buttons, running_heading, waiting, finished]
         sections = [running_heading, self.running_box, waiting, self.queued_box, self.queued_html]
         super().__init__(
-            [self.header_html, buttons, *sections, finished, self.recent_box],
+            [self.header_html, self.devices_html, buttons, *sections, finished, self.recent_box],
             layout=w.Layout(border="1px solid #ddd", padding="6px", max_width="900px"),
             **kwargs,
         )
@@ -213,6 +233,8 @@ class QueueBoard(LiveBox):
     def _wants(self, event: JobEvent) -> bool:
         if event.kind is EventKind.POSITION:
             return False  # the queued list is read from the run order at each redraw
+        if event.kind is EventKind.MODEL:
+            return True  # a load began or ended: the devices and the running row change
         job_id = event.job_id
         if event.kind is EventKind.PROGRESS:
             if event.step is not None:
@@ -247,7 +269,7 @@ class QueueBoard(LiveBox):
         self._handles = {i: j for i, j in shown.items() if j is not None}
         notice = f"<br><span style='color:#c62828'>{html.escape(self._notice)}</span>" if self._notice else ""
         rows = [
-            QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority)
+            QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority, model=j.model)
             for k, j in enumerate(self._handles[i] for i in head if i in self._handles)
         ]
         with_buttons, in_table = rows[:QUEUED_WITH_BUTTONS], rows[QUEUED_WITH_BUTTONS:]
@@ -258,6 +280,8 @@ class QueueBoard(LiveBox):
             assign(
                 self.header_html, value=block(f"<b>ImageQueue</b> · {q.state} · {counts_html(self._counts)}{notice}")
             )
+            if q.models:
+                assign(self.devices_html, value=devices_html(q.device_states(), time.time()))
             assign(self.pause_button, disabled=closed or q.paused)
             assign(self.resume_button, disabled=closed or (q.started and not q.paused))
             assign(self.retry_failed_button, disabled=closed or not self._counts.get(JobStatus.ERROR.value))
