@@ -349,3 +349,14 @@ def test_cancel_all_and_retry_failed(make_queue: MakeQueue, db_url: str) -> None
     wait_until(lambda: positions(watcher) == positions(q))
     assert q.retry_failed() == [] and q.cancel_all(status="pending") == 0
     assert q.counts()["queued"] == 4 and q.counts()["cancelled"] == 4 and q.counts()["error"] == 0
+
+
+@settings(deadline=None)
+@given(
+    keys=st.dictionaries(st.integers(0, 400), st.tuples(st.integers(-2, 0), st.integers(-50, 50)), max_size=400),
+    asked=st.lists(st.integers(0, 450), max_size=400),
+)
+def test_order_index_positions_match_one_by_one(keys: dict[int, tuple[int, int]], asked: list[int]) -> None:
+    index = OrderIndex(keys.items())
+    expected = {i: p for i in asked if (p := index.position(i)) is not None}
+    assert index.positions(asked) == expected

@@ -118,12 +118,13 @@ class QueueMirror:
                 elif seen.progress != record.progress:
                     changed.append((record, EventKind.PROGRESS))
             self._index.update(placed)
+            position_of = self._index.positions(r.id for r, _ in changed)
             events = [
                 JobEvent(
                     kind=kind,
                     job_id=r.id,
                     status=r.status,
-                    position=self._index.position(r.id),
+                    position=position_of.get(r.id),
                     progress=r.progress,
                     error=r.error,
                 )
