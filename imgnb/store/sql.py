@@ -283,6 +283,27 @@ def _decode(job_id: int, m: Mapping[Any, Any]) -> tuple[JobRecord, str | None]:
     return record, "; ".join(problems) or None
 
 
+def _requeued(now: float) -> dict[str, Any]:
+    """What putting a finished job back in the queue by hand resets: the one declaration of a fresh
+    start (its new ``seq`` is set beside it)."""
+    return {
+        "status": _QUEUED,
+        "attempts": 0,
+        "error": None,
+        "progress": 0.0,
+        "images": "[]",
+        "started_at": None,
+        "finished_at": None,
+        "run_at": now,
+        "owner": None,
+        "device": None,
+        "batch": None,
+        "cancel_requested": False,
+        "passed_over": 0,
+        "updated_at": now,
+    }
+
+
 class SQLStore(Store):
     """Jobs in an SQLite file or a PostgreSQL database, created and upgraded on open.
 
@@ -734,21 +755,8 @@ class SQLStore(Store):
             updated = self._update_one(
                 conn,
                 job_id,
-                status=JobStatus.QUEUED.value,
                 seq=seq,
-                attempts=0,
-                error=None,
-                progress=0.0,
-                images="[]",
-                started_at=None,
-                finished_at=None,
-                run_at=now,
-                owner=None,
-                device=None,
-                batch=None,
-                cancel_requested=False,
-                passed_over=0,
-                updated_at=now,
+                **_requeued(now),
                 revision=rev,
             )
             assert updated is not None
@@ -956,20 +964,7 @@ class SQLStore(Store):
                 .where(job.c.id == ranked.c.id)
                 .values(
                     seq=ranked.c.s,
-                    status=_QUEUED,
-                    attempts=0,
-                    error=None,
-                    progress=0.0,
-                    images="[]",
-                    started_at=None,
-                    finished_at=None,
-                    run_at=now,
-                    owner=None,
-                    device=None,
-                    batch=None,
-                    cancel_requested=False,
-                    passed_over=0,  # as a requeue by hand
-                    updated_at=now,
+                    **_requeued(now),
                     revision=rev,
                 )
                 .returning(*job.c)

@@ -30,6 +30,25 @@ from ..store import Store
 __all__ = ["MemoryStore"]
 
 
+def _requeued(now: float) -> dict[str, Any]:
+    """What putting a finished job back in the queue by hand resets (its new ``seq`` set beside)."""
+    return {
+        "status": JobStatus.QUEUED,
+        "attempts": 0,
+        "error": None,
+        "progress": 0.0,
+        "images": (),
+        "started_at": None,
+        "finished_at": None,
+        "run_at": now,
+        "owner": None,
+        "device": None,
+        "batch": None,
+        "cancel_requested": False,
+        "updated_at": now,
+    }
+
+
 class MemoryStore(Store):
     """Jobs, device locks and leases in a dict, behind one lock (every call is one transaction)."""
 
@@ -276,20 +295,8 @@ class MemoryStore(Store):
             self._passed_over.pop(job_id, None)
             return self._put(
                 current,
-                status=JobStatus.QUEUED,
                 seq=self._take_seq(1),
-                attempts=0,
-                error=None,
-                progress=0.0,
-                images=(),
-                started_at=None,
-                finished_at=None,
-                run_at=now,
-                owner=None,
-                device=None,
-                batch=None,
-                cancel_requested=False,
-                updated_at=now,
+                **_requeued(now),
                 revision=self._bump(),
             )
 
@@ -420,19 +427,7 @@ class MemoryStore(Store):
                 self._put(
                     r,
                     seq=first + i,
-                    status=JobStatus.QUEUED,
-                    attempts=0,
-                    error=None,
-                    progress=0.0,
-                    images=(),
-                    started_at=None,
-                    finished_at=None,
-                    run_at=now,
-                    owner=None,
-                    device=None,
-                    batch=None,
-                    cancel_requested=False,
-                    updated_at=now,
+                    **_requeued(now),
                     revision=rev,
                 )
                 for i, r in enumerate(sorted(failed, key=lambda r: (r.seq, r.id)))
