@@ -7,6 +7,12 @@ stops. Until the thread has really returned the device stays locked (and its lea
 generator that never calls ``on_step`` keeps its device busy after its job was marked timed out,
 because two jobs on one GPU is worse than one waiting.
 
+The device never waits for bookkeeping: once a generator call returns, its images go to a writer
+thread and the next job is claimed and started at once, while the previous one is still being
+written and stored. ``complete`` keeps its meaning: a job is stored complete only after its files
+are on disk, and until then it stays ``processing`` under this worker's lease, so a process that
+dies between the two loses nothing (its job is recovered like any dead worker's).
+
 A worker knows its queue only through a ``WorkerContext``: the few things it may ask for.
 """
 
@@ -39,6 +45,7 @@ __all__ = ["DeviceWorker", "WorkerContext"]
 log = logging.getLogger("imgnb")
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at deadlines and cancellations while a job runs
+MAX_STORING = 2  # generations whose images may wait for the writer; beyond that the device waits
 PROGRESS_PERSIST_EVERY = 1.0  # seconds between progress writes, for other processes to show
 
 
@@ -100,8 +107,12 @@ class DeviceWorker:
         self.generator = generator
         self.batch_size = batch_size if isinstance(generator, BatchGenerator) else 1
         self.runs: dict[int, _Run] = {}
+        self._storing: dict[int, _Run] = {}  # generated, images being written: still held, still leased
+        self._stores: set[asyncio.Task[None]] = set()
         self._executor = DaemonExecutor(f"imgnb-{device}")
+        self._writer = DaemonExecutor(f"imgnb-{device}-writer")
         self._holding = False
+        self._next_beat = 0.0  # monotonic time of the next lease renewal
         self._next_promotion = 0.0  # monotonic time of the next look for due retries
 
     # -- called from the queue ------------------------------------------------------------------
@@ -119,6 +130,9 @@ class DeviceWorker:
             run.stop = run.stop or JobInterrupted("the queue was closed; the job went back to its place")
             run.settled = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._writer.shutdown(wait=False, cancel_futures=True)
+        for task in self._stores:
+            task.cancel()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -130,13 +144,16 @@ class DeviceWorker:
         ctx = self.ctx
         while not ctx.may_claim():
             await ctx.wait_for_work()
+        if len(self._stores) >= MAX_STORING:  # the writer is behind the device: let it catch up
+            await asyncio.wait(self._stores, return_when=asyncio.FIRST_COMPLETED)
         promoted, claimed = await ctx.db(self._claim)
-        if promoted:  # published first: a job's queued event comes before its processing one
-            ctx.publish(promoted)
         if claimed:
             self._holding = True
-            await self._run(claimed)
+            await self._run(claimed, promoted)
             return
+        if promoted:
+            ctx.publish(promoted)
+        await self._drain()  # the device is given back once what it made is stored
         if self._holding:
             await ctx.db(ctx.store.release_device, owner=ctx.owner, device=self.lock_name)
             self._holding = False
@@ -157,9 +174,10 @@ class DeviceWorker:
         )
         return promoted, claimed
 
-    async def _run(self, claimed: list[JobRecord]) -> None:
+    async def _run(self, claimed: list[JobRecord], promoted: list[JobRecord]) -> None:
+        """Run one generator call and hand its images to the writer; returns as soon as the call
+        has returned, so that the next claim overlaps the storing."""
         ctx = self.ctx
-        ctx.publish(claimed)
         runs = {r.id: _Run(r, deadline(r.started_at or time.time(), r.timeout)) for r in claimed}
         self.runs = runs
         try:
@@ -167,24 +185,18 @@ class DeviceWorker:
         except RuntimeError:  # shut down by close(), which hands the claimed jobs back itself
             raise QueueClosed() from None
         future.add_done_callback(_retrieve)
-        next_beat = time.monotonic() + ctx.lease.heartbeat
+        # published once the device has its work: subscribers' time is not taken from the device.
+        # Promoted first: a job's queued event comes before its processing one.
+        if promoted:
+            ctx.publish(promoted)
+        ctx.publish(claimed)
+        self._next_beat = time.monotonic() + ctx.lease.heartbeat
         next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
         while not future.done():
             await asyncio.wait({future}, timeout=TICK)
             now = time.time()
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + ctx.lease.heartbeat
-                live = [i for i, run in runs.items() if not run.settled]
-                asked = await ctx.db(
-                    ctx.store.renew,
-                    owner=ctx.owner,
-                    device=self.lock_name,
-                    job_ids=live,
-                    now=now,
-                    lease=ctx.lease.lease,
-                )
-                for job_id in asked:
-                    self.request_stop(job_id, JobInterrupted("cancelled"))
+            if time.monotonic() >= self._next_beat:
+                await self._beat(now)
             if time.monotonic() >= next_persist:
                 next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
                 await self._persist_progress(runs.values(), now)
@@ -195,15 +207,61 @@ class DeviceWorker:
                     run.stop = JobTimedOut(f"timed out after {run.record.timeout:g} s")
                 if run.stop is not None:
                     await self._settle(run, None, run.stop)
-        try:
-            outcome: Any = future.result()
-            error: BaseException | None = None
-        except BaseException as exc:  # the generator's failure is the job's outcome
-            outcome, error = None, exc
-        for run in runs.values():
-            if not run.settled:
-                await self._settle(run, outcome[claimed.index(run.record)] if outcome else None, error)
         self.runs = {}
+        try:
+            outputs: list[Sequence[Image]] = future.result()
+        except BaseException as exc:  # the generator's failure is the job's outcome
+            for run in runs.values():
+                if not run.settled:
+                    await self._settle(run, None, exc)
+            return
+        made = [(runs[r.id], images) for r, images in zip(claimed, outputs, strict=True) if not runs[r.id].settled]
+        if made:
+            self._storing.update((run.record.id, run) for run, _ in made)
+            task = asyncio.get_running_loop().create_task(self._store(made))
+            self._stores.add(task)
+            task.add_done_callback(self._stores.discard)
+
+    async def _beat(self, now: float) -> None:
+        """Renew the leases of the device and of every job this worker holds, running or being
+        stored; a job whose cancellation another process asked for is told to stop."""
+        ctx = self.ctx
+        self._next_beat = time.monotonic() + ctx.lease.heartbeat
+        live = [i for i, run in self.runs.items() if not run.settled] + list(self._storing)
+        asked = await ctx.db(
+            ctx.store.renew, owner=ctx.owner, device=self.lock_name, job_ids=live, now=now, lease=ctx.lease.lease
+        )
+        for job_id in asked:
+            self.request_stop(job_id, JobInterrupted("cancelled"))
+
+    async def _drain(self) -> None:
+        """Wait until every generated job is stored, renewing leases meanwhile."""
+        while self._stores:
+            await asyncio.wait(self._stores, timeout=max(0.0, self._next_beat - time.monotonic()))
+            if self._stores and time.monotonic() >= self._next_beat:
+                await self._beat(time.time())
+
+    async def _store(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
+        """Write each job's images on the writer thread, then store it as complete: complete means
+        its files are on disk. A write that fails (a full disk) fails the job like a generator
+        error; a database failure leaves the job to its lease, like a dead worker's."""
+        ctx = self.ctx
+        for run, images in made:
+            try:
+                try:
+                    written = self._writer.submit(save_images, ctx.images_dir, run.record.request(), images)
+                except RuntimeError:  # shut down by close(), which hands the job back itself
+                    return
+                try:
+                    paths = await asyncio.wrap_future(written)
+                except Exception as exc:
+                    await self._settle(run, None, exc)
+                else:
+                    await self._settle(run, paths, None)
+            except Exception:
+                log.exception("imgnb: storing job %s failed; its lease will bring it back", run.record.id)
+            finally:
+                self._storing.pop(run.record.id, None)
 
     async def _persist_progress(self, runs: Iterable[_Run], now: float) -> None:
         """Write the steps reached since the last write, for other processes to show. Here, in the
@@ -261,7 +319,7 @@ class DeviceWorker:
 
     # -- the generation thread ------------------------------------------------------------------
 
-    def _generate(self, records: list[JobRecord], runs: dict[int, _Run]) -> list[list[str]]:
+    def _generate(self, records: list[JobRecord], runs: dict[int, _Run]) -> list[Sequence[Image]]:
         ctx = self.ctx
         ids = [r.id for r in records]
 
@@ -283,7 +341,4 @@ class DeviceWorker:
             outputs = self.generator.generate_batch(requests, on_step)
         if len(outputs) != len(requests) or not all(outputs):
             raise TypeError(f"the generator returned {len(outputs)} results for {len(requests)} jobs, or no image")
-        return [
-            [] if runs[req.job_id].settled else save_images(ctx.images_dir, req, images)
-            for req, images in zip(requests, outputs, strict=True)
-        ]
+        return list(outputs)

@@ -33,6 +33,7 @@ from ..core.validation import json_data, validate_group, validate_job_id
 from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
+from .prepared import Prepared, Row
 from .schema import SCHEMA_VERSION, DeviceRow, JobRow, MetaRow
 
 __all__ = ["SQLStore"]
@@ -71,7 +72,12 @@ _BUMP = sa.update(counters).values(revision=counters.c.revision + 1).returning(c
 _TAKE_SEQ = sa.update(counters).values(next_seq=counters.c.next_seq + B("b_n")).returning(counters.c.next_seq)
 _REVISION = sa.select(counters.c.revision)
 _GET = sa.select(job).where(job.c.id == B("b_id"))
-_INSERT = sa.insert(job)
+_CHANGED = sa.select(job).where(job.c.revision > B("b_rev")).order_by(job.c.revision, job.c.id)
+_ADDED = (  # the columns ``add`` writes, each its own parameter: rows go to the driver's executemany as they are
+    "seq", "status", "priority", "group_name", "prompt", "params", "seed", "meta", "timeout", "max_retries",
+    "attempts", "progress", "images", "created_at", "updated_at", "run_at", "cancel_requested", "batch_key", "revision",
+)  # fmt: skip
+_INSERT = sa.insert(job).values({name: B(f"b_{name}") for name in _ADDED})
 _IDS_OF_REVISION = sa.select(job.c.id, job.c.seq).where(job.c.revision == B("b_rev"))
 _LOCK_DEVICE = (
     sa.update(device_lock)
@@ -236,6 +242,8 @@ class SQLStore(Store):
         self.dialect = self.engine.dialect.name
         self._name = str(self.url.database) if self.dialect == "sqlite" else self.url.render_as_string(True)
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
+        self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error  # from Prepared statements
+        self._prepared: dict[sa.Executable, Prepared] = {}
         self._devices: set[str] = set()  # lock rows known to exist
         try:
             self._prepare()
@@ -254,7 +262,7 @@ class SQLStore(Store):
         an ``ImgnbError``: every transaction below runs inside it."""
         try:
             yield
-        except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's own: from a raw connection
+        except (sa.exc.SQLAlchemyError, sqlite3.Error, self._driver_error) as exc:  # the driver's own: raw cursors
             raise self._failure(exc, opening=opening) from exc
 
     def _failure(self, exc: Exception, *, opening: bool) -> DatabaseError:
@@ -369,29 +377,35 @@ class SQLStore(Store):
         with self._guarded(), self._reader.begin() as conn:
             yield conn
 
+    def _fast(self, statement: sa.Executable) -> Prepared:
+        """``statement`` compiled once for this database, to run on the driver's cursor (hot paths)."""
+        prepared = self._prepared.get(statement)
+        if prepared is None:
+            prepared = self._prepared[statement] = Prepared(statement, self.engine.dialect)
+        return prepared
+
     def _bump(self, conn: sa.Connection) -> int:
-        revision = conn.execute(_BUMP).scalar()
-        if revision is None:
+        rows = self._fast(_BUMP).rows(conn, {})
+        if not rows:
             raise self._damaged()
-        return int(revision)
+        return int(rows[0]["revision"])
 
     def _revision(self, conn: sa.Connection) -> int:
-        revision = conn.execute(_REVISION).scalar()
-        if revision is None:
+        rows = self._fast(_REVISION).rows(conn, {})
+        if not rows:
             raise self._damaged()
-        return int(revision)
+        return int(rows[0]["revision"])
 
     @staticmethod
     def _take_seq(conn: sa.Connection, n: int) -> int:
         """Reserve ``n`` consecutive run-order numbers; returns the first. The one place ``seq`` is made."""
         return int(conn.execute(_TAKE_SEQ, _args(n=n)).scalar_one()) - n
 
-    @staticmethod
-    def _one(conn: sa.Connection, job_id: int) -> JobRecord:
-        row = conn.execute(_GET, _args(id=job_id)).first()
-        if row is None:
+    def _one(self, conn: sa.Connection, job_id: int) -> JobRecord:
+        rows = self._fast(_GET).rows(conn, _args(id=job_id))
+        if not rows:
             raise JobNotFound(f"no job with id {job_id}")
-        return _record(row)
+        return _decode(job_id, rows[0])[0]
 
     @staticmethod
     def _update_one(conn: sa.Connection, job_id: int, *where: Any, **values: Any) -> JobRecord | None:
@@ -423,36 +437,55 @@ class SQLStore(Store):
             return []
         with self._write() as (conn, rev):
             first = self._take_seq(conn, len(specs))
-            rows: list[dict[str, Any]] = [
-                {
-                    "seq": first + i,
-                    "status": _QUEUED,
-                    "priority": spec.priority,
-                    "group_name": spec.group,
-                    "prompt": spec.prompt,
-                    "params": _dumps(spec.params),
-                    "seed": spec.seed,
-                    "meta": _dumps(spec.metadata),
-                    "timeout": spec.timeout,
-                    "max_retries": spec.max_retries,
-                    "attempts": 0,
-                    "progress": 0.0,
-                    "images": "[]",
-                    "created_at": now,
-                    "updated_at": now,
-                    "run_at": now,
-                    "cancel_requested": False,
-                    "batch_key": key,
-                    "revision": rev,
-                }
+            rows: list[Row] = [
+                _args(
+                    seq=first + i,
+                    status=_QUEUED,
+                    priority=spec.priority,
+                    group_name=spec.group,
+                    prompt=spec.prompt,
+                    params=_dumps(spec.params),
+                    seed=spec.seed,
+                    meta=_dumps(spec.metadata),
+                    timeout=spec.timeout,
+                    max_retries=spec.max_retries,
+                    attempts=0,
+                    progress=0.0,
+                    images="[]",
+                    created_at=now,
+                    updated_at=now,
+                    run_at=now,
+                    cancel_requested=False,
+                    batch_key=key,
+                    revision=rev,
+                )
                 for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True))
             ]
-            # a plain executemany: RETURNING with ordered rows makes SQLAlchemy insert one row per
-            # statement. Only this transaction's rows carry its revision, so read their ids by it.
-            conn.execute(_INSERT, rows)
-            id_of_seq: dict[int, int] = {seq: job_id for job_id, seq in conn.execute(_IDS_OF_REVISION, _args(rev=rev))}
-        # build the records from what was written rather than reading every column back
-        return [_decode(id_of_seq[row["seq"]], row)[0] for row in rows]
+            # a plain executemany: RETURNING with ordered rows would insert one row per statement.
+            # Only this transaction's rows carry its revision, so read their ids by it.
+            self._fast(_INSERT).many(conn, rows)
+            id_of_seq = {r["seq"]: r["id"] for r in self._fast(_IDS_OF_REVISION).rows(conn, _args(rev=rev))}
+        # the records are the specs as stored: their JSON already made its round trip at validation
+        return [
+            JobRecord(
+                id=id_of_seq[first + i],
+                seq=first + i,
+                status=JobStatus.QUEUED,
+                priority=spec.priority,
+                group=spec.group,
+                prompt=spec.prompt,
+                params=spec.params,
+                seed=spec.seed,
+                metadata=spec.metadata,
+                timeout=spec.timeout,
+                max_retries=spec.max_retries,
+                created_at=now,
+                updated_at=now,
+                run_at=now,
+                revision=rev,
+            )
+            for i, spec in enumerate(specs)
+        ]
 
     def get(self, job_id: int) -> JobRecord:
         job_id = validate_job_id(job_id)
@@ -488,8 +521,7 @@ class SQLStore(Store):
             current = self._revision(conn)
             if current <= revision:
                 return current, []
-            rows = conn.execute(sa.select(job).where(job.c.revision > revision).order_by(job.c.revision, job.c.id))
-            return current, [_record(r) for r in rows]
+            return current, [_decode(r["id"], r)[0] for r in self._fast(_CHANGED).rows(conn, _args(rev=revision))]
 
     def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
         if self.read_only:
@@ -502,12 +534,12 @@ class SQLStore(Store):
         with self._guarded(), self.engine.connect() as conn, conn.begin() as txn:
             rev = self._bump(conn)
             args = _args(owner=owner, device=device, now=now, until=now + lease, rev=rev)
-            if not conn.execute(_LOCK_DEVICE, args).rowcount:
+            if not self._fast(_LOCK_DEVICE).rowcount(conn, args):
                 txn.rollback()  # held by a live owner: leave the lock and the revision as they were
                 return []
             failed = False
-            while (head := conn.execute(_CLAIM_HEAD, args).first()) is not None:
-                first, problem = _decode(head._mapping["id"], head._mapping)
+            while (head := next(iter(self._fast(_CLAIM_HEAD).rows(conn, args)), None)) is not None:
+                first, problem = _decode(head["id"], head)
                 if problem is None:
                     break
                 self._fail_unreadable(conn, first.id, problem, now=now, rev=rev)
@@ -524,7 +556,7 @@ class SQLStore(Store):
                 txn.commit()
                 return []
             claimed = [first]
-            key = head._mapping["batch_key"]
+            key = head["batch_key"]
             if batch_size > 1 and key is not None and first.attempts == 1:
                 mates = []
                 for row in conn.execute(_CLAIM_MATES, {**args, **_args(key=key, n=batch_size - 1)}).all():
@@ -569,7 +601,7 @@ class SQLStore(Store):
 
     def set_progress(self, job_id: int, *, owner: str, progress: float, now: float) -> None:
         with self._write() as (conn, rev):
-            conn.execute(_SET_PROGRESS, _args(id=job_id, owner=owner, progress=progress, now=now, rev=rev))
+            self._fast(_SET_PROGRESS).rowcount(conn, _args(id=job_id, owner=owner, progress=progress, now=now, rev=rev))
 
     def finish(
         self,
@@ -596,8 +628,8 @@ class SQLStore(Store):
             progress=1.0 if status is JobStatus.COMPLETE else None if final else 0.0,
         )
         with self._write() as (conn, rev):
-            row = conn.execute(_FINISH, {**args, "b_rev": rev}).first()
-            return None if row is None else _record(row)
+            rows = self._fast(_FINISH).rows(conn, {**args, "b_rev": rev})
+            return _decode(job_id, rows[0])[0] if rows else None
 
     def cancel(self, job_id: int, *, now: float) -> JobRecord:
         job_id = validate_job_id(job_id)
