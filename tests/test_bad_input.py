@@ -30,6 +30,7 @@ from imgnb.core.merge import merge_patch
 from imgnb.core.validation import MAX_JSON_BYTES, MAX_JSON_DEPTH, json_data, validate_job
 from imgnb.gen.base import OnStep
 from imgnb.store import SQLStore
+from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
 from tests.fixtures.queues import wait_until
 from tests.test_store_contract import NOW, spec
@@ -384,7 +385,7 @@ def test_a_version_1_database_is_upgraded(db_url: str) -> None:
     upgraded = SQLStore(db_url)
     try:
         with upgraded.engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == 2
+            assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == SCHEMA_VERSION
             if upgraded.dialect == "postgresql":
                 types = conn.exec_driver_sql(
                     "SELECT data_type FROM information_schema.columns WHERE table_name = 'imgnb_job'"

@@ -34,6 +34,7 @@ from imgnb import (
 )
 from imgnb.core.records import JobRecord
 from imgnb.store import SQLStore
+from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
 from tests.fixtures.queues import wait_until
 
@@ -350,7 +351,7 @@ def test_unknown_older_schema_is_refused_untouched(make_queue: MakeQueue, db_pat
     make_queue(db_path, start=False).submit("kept")
     with sqlite3.connect(db_path) as conn:
         conn.execute("UPDATE imgnb_meta SET schema_version = 0")
-    with pytest.raises(SchemaVersionError, match="no upgrade from it to 2"):
+    with pytest.raises(SchemaVersionError, match=f"no upgrade from it to {SCHEMA_VERSION}"):
         ImageQueue(db_path)
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT schema_version FROM imgnb_meta").fetchall() == [(0,)]

@@ -56,6 +56,7 @@ def _close_open_queues() -> None:
 
 T = TypeVar("T")
 _BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
+_CATCH_UP_RETRY = 0.005  # seconds before an announced write a read did not reach is looked for again
 
 
 def _generators(generator: Any, pipeline: Any, *, previews: bool, preview_interval: float) -> dict[str, Generator]:
@@ -137,6 +138,10 @@ class ImageQueue:
         self._started = False
         self._paused = False
         self._wakeup: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None  # another process's write was announced
+        self._heard = 0  # the highest revision announced by another process (written by the listener)
+        self._catch_up_scheduled = False
+        self._retry = _CATCH_UP_RETRY / 2  # the watcher's next quick look (doubled before use)
         self._tasks: list[asyncio.Task[None]] = []
         self._next_recovery = 0.0  # monotonic time of the next look for stalled jobs
         context = WorkerContext(
@@ -146,10 +151,11 @@ class ImageQueue:
             retry_policy=self.retry_policy,
             images_dir=self.images_dir,
             db=self._db,
+            db_soon=self._db_soon,
             publish=self._publish_written,
             report_step=self._on_step,
             call_on_loop=self._loop.call,
-            may_claim=lambda: self._started and not self._paused,
+            may_claim=lambda: self._started and not self._paused and not self._closed,
             wait_for_work=self._idle,
         )
         self._workers = [
@@ -158,6 +164,7 @@ class ImageQueue:
         ]
         _OPEN.add(self)
         self._run_on_loop(self._start_background)
+        self._stop_listening = self.store.listen(self._announced)
         if start:
             self.start()
 
@@ -181,6 +188,7 @@ class ImageQueue:
 
     def _start_background(self) -> None:
         self._wakeup = asyncio.Event()
+        self._changed = asyncio.Event()
         loop = self._loop.loop
         self._tasks = [loop.create_task(self._watch(), name="imgnb-watch")]
         self._tasks += [loop.create_task(w.run_forever(), name=f"imgnb-{w.device}") for w in self._workers]
@@ -239,6 +247,7 @@ class ImageQueue:
             return
         self._closed = True
         _OPEN.discard(self)
+        self._stop_listening()
         for worker in self._workers:
             self._loop.call(worker.shutdown)
         self._db_executor.shutdown(wait=True)
@@ -498,13 +507,16 @@ class ImageQueue:
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call in the database thread."""
+        return await asyncio.wrap_future(self._db_soon(fn, *args, **kwargs))
+
+    def _db_soon(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        """Hand a store call to the database thread (from any thread); its future."""
         if self._closed:
             raise QueueClosed()
         try:
-            future = self._db_executor.submit(fn, *args, **kwargs)
+            return self._db_executor.submit(fn, *args, **kwargs)
         except RuntimeError:  # shut down by close()
             raise QueueClosed() from None
-        return await asyncio.wrap_future(future)
 
     def _wake(self) -> None:
         """Wake idle workers; a no-op when none could use it (no workers, paused, already woken)."""
@@ -520,6 +532,39 @@ class ImageQueue:
         self._wakeup.clear()
         if self._closed:
             raise QueueClosed()
+
+    def _announced(self, revision: int | None) -> None:
+        """Another process committed a write (in the store's listener thread; ``None``: writes may
+        have been missed): have the watcher read it now rather than at its next poll."""
+        if revision is not None:
+            if revision <= self._mirror.revision:
+                return  # read already
+            self._heard = max(self._heard, revision)
+        if self._catch_up_scheduled or self._closed:
+            return
+        self._catch_up_scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self._loop.loop.call_soon_threadsafe(self._catch_up)
+
+    def _catch_up(self) -> None:
+        self._catch_up_scheduled = False
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _until_changed(self) -> None:
+        """Until another process's write is announced, or the next poll. An announced write that
+        the last read did not reach (one drawn before it was still in flight) is looked for again
+        soon, at doubling intervals."""
+        assert self._changed is not None
+        if self._heard > self._mirror.revision:
+            self._retry = min(2 * self._retry, self.lease_policy.poll)
+            timeout = self._retry
+        else:
+            self._retry = _CATCH_UP_RETRY / 2
+            timeout = self.lease_policy.poll
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        self._changed.clear()
 
     async def _watch(self) -> None:
         await keep_running(self._watch_once, name="watcher")
@@ -540,7 +585,7 @@ class ImageQueue:
             if recovered:
                 self._publish_written(recovered)
                 self._wake()
-        await asyncio.sleep(self.lease_policy.poll)
+        await self._until_changed()
 
     # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------
 

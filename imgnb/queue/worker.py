@@ -7,9 +7,10 @@ stops. Until the thread has really returned the device stays locked (and its lea
 generator that never calls ``on_step`` keeps its device busy after its job was marked timed out,
 because two jobs on one GPU is worse than one waiting.
 
-The device never waits for bookkeeping: once a generator call returns, its images go to a writer
-thread and the next job is claimed and started at once, while the previous one is still being
-written and stored. ``complete`` keeps its meaning: a job is stored complete only after its files
+The device never waits for bookkeeping: once a generator call returns, the generation thread asks
+the database thread to claim the next job, which starts it on the device at once; only then does
+the loop hear of either, and the previous job's images go to a writer thread to be stored while
+the next one runs. ``complete`` keeps its meaning: a job is stored complete only after its files
 are on disk, and until then it stays ``processing`` under this worker's lease, so a process that
 dies between the two loses nothing (its job is recovered like any dead worker's).
 
@@ -19,7 +20,10 @@ A worker knows its queue only through a ``WorkerContext``: the few things it may
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..core.describe import attempt_text
 from ..core.leases import LeasePolicy, deadline
-from ..core.records import JobRecord
+from ..core.records import GenerationRequest, JobRecord
 from ..core.retry import FailureKind, RetryPolicy, get_retry_decision
 from ..core.states import JobStatus
 from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
@@ -46,6 +50,8 @@ log = logging.getLogger("imgnb")
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at deadlines and cancellations while a job runs
 MAX_STORING = 2  # generations whose images may wait for the writer; beyond that the device waits
+WRITE_HOLD = 1.0  # seconds at most that the writer waits for the next generation to start first
+Started = tuple[list[JobRecord], list[JobRecord], "dict[int, _Run]", "concurrent.futures.Future[Any] | None"]
 PROGRESS_PERSIST_EVERY = 1.0  # seconds between progress writes, for other processes to show
 
 
@@ -63,6 +69,7 @@ class WorkerContext:
     retry_policy: RetryPolicy
     images_dir: Path
     db: RunInDb  # run a store call in the queue's database thread; raises QueueClosed once closed
+    db_soon: Callable[..., concurrent.futures.Future[Any]]  # the same, from any thread, without waiting
     publish: Callable[[list[JobRecord]], None]  # records that one write of this process returned
     report_step: Callable[[list[int], int, int, dict[int, Image]], None]  # a step (and previews), on the loop
     call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
@@ -112,6 +119,11 @@ class DeviceWorker:
         self._executor = DaemonExecutor(f"imgnb-{device}")
         self._writer = DaemonExecutor(f"imgnb-{device}-writer")
         self._holding = False
+        self._shut = False  # close() began: start nothing more on the device
+        # set while the device generates or has nothing to do: the writer starts an image only
+        # then, not in the moment between two generator calls, which it would stretch
+        self._write_ok = threading.Event()
+        self._ahead: concurrent.futures.Future[Started] | None = None  # the claim the generation thread asked for
         self._next_beat = 0.0  # monotonic time of the next lease renewal
         self._next_promotion = 0.0  # monotonic time of the next look for due retries
 
@@ -126,6 +138,7 @@ class DeviceWorker:
     def shutdown(self) -> None:
         """At ``close()``: stop the running jobs at their next step and store nothing more of them;
         the queue hands them back to their place itself (``Store.abandon``)."""
+        self._shut = True
         for run in self.runs.values():
             run.stop = run.stop or JobInterrupted("the queue was closed; the job went back to its place")
             run.settled = True
@@ -142,15 +155,24 @@ class DeviceWorker:
     async def _claim_and_run(self) -> None:
         """Claim and run the next job, or give the device back and wait for work."""
         ctx = self.ctx
-        while not ctx.may_claim():
-            await ctx.wait_for_work()
-        if len(self._stores) >= MAX_STORING:  # the writer is behind the device: let it catch up
-            await asyncio.wait(self._stores, return_when=asyncio.FIRST_COMPLETED)
-        promoted, claimed = await ctx.db(self._claim)
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            self._write_ok.set()
+            while not ctx.may_claim():
+                await ctx.wait_for_work()
+            while len(self._stores) > MAX_STORING:  # the writer is behind the device: let it catch up
+                await asyncio.wait(self._stores, return_when=asyncio.FIRST_COMPLETED)
+            started = await ctx.db(self._claim_and_start)
+        else:  # claimed, and probably started, by the generation thread's request
+            started = await asyncio.wrap_future(ahead)
+        promoted, claimed, runs, generation = started
         if claimed:
             self._holding = True
-            await self._run(claimed, promoted)
+            if generation is None:  # shut down by close(), which hands the claimed jobs back itself
+                raise QueueClosed()
+            await self._run(claimed, promoted, runs, generation)
             return
+        self._write_ok.set()
         if promoted:
             ctx.publish(promoted)
         await self._drain()  # the device is given back once what it made is stored
@@ -159,37 +181,64 @@ class DeviceWorker:
             self._holding = False
         await ctx.wait_for_work()
 
-    def _claim(self) -> tuple[list[JobRecord], list[JobRecord]]:
-        """In the database thread: promote the retries that are due, then claim. Pausing is checked
-        here, at the last moment, so that no job is claimed once ``pause()`` has returned."""
+    def _claim(self) -> list[JobRecord]:
+        """In the database thread. Pausing is checked here, at the last moment, so that no job is
+        claimed once ``pause()`` has returned."""
         ctx = self.ctx
-        promoted: list[JobRecord] = []
-        if time.monotonic() >= self._next_promotion:  # at most once a poll: not a query per job
-            self._next_promotion = time.monotonic() + ctx.lease.poll
-            promoted = ctx.store.promote_due(now=time.time())
         if not ctx.may_claim():
-            return promoted, []
-        claimed = ctx.store.claim(
+            return []
+        return ctx.store.claim(
             owner=ctx.owner, device=self.lock_name, now=time.time(), lease=ctx.lease.lease, batch_size=self.batch_size
         )
-        return promoted, claimed
 
-    async def _run(self, claimed: list[JobRecord], promoted: list[JobRecord]) -> None:
-        """Run one generator call and hand its images to the writer; returns as soon as the call
-        has returned, so that the next claim overlaps the storing."""
-        ctx = self.ctx
+    def _promote(self) -> list[JobRecord]:
+        """In the database thread: the retries that are due go back to the queue (at most once a
+        poll: not a query per job)."""
+        if time.monotonic() < self._next_promotion:
+            return []
+        self._next_promotion = time.monotonic() + self.ctx.lease.poll
+        return self.ctx.store.promote_due(now=time.time())
+
+    def _claim_and_start(self) -> Started:
+        """In the database thread: claim, and start the claimed jobs on the device at once. Due
+        retries are promoted when there is nothing else to run (then one of them may run now), or
+        by the loop once the device has its work (``_run``)."""
+        promoted: list[JobRecord] = []
+        claimed = self._claim()
+        if not claimed:
+            promoted = self._promote()
+            claimed = self._claim() if promoted else []
+            if not claimed:
+                return promoted, [], {}, None
         runs = {r.id: _Run(r, deadline(r.started_at or time.time(), r.timeout)) for r in claimed}
-        self.runs = runs
+        if self._shut:
+            return promoted, claimed, runs, None
+        self.runs = runs  # before the first step: a stop request must find its run
         try:
-            future = asyncio.wrap_future(self._executor.submit(self._generate, claimed, runs))
-        except RuntimeError:  # shut down by close(), which hands the claimed jobs back itself
-            raise QueueClosed() from None
+            generation = self._executor.submit(self._generate, claimed, runs)
+        except RuntimeError:  # shut down meanwhile
+            return promoted, claimed, runs, None
+        return promoted, claimed, runs, generation
+
+    async def _run(
+        self,
+        claimed: list[JobRecord],
+        promoted: list[JobRecord],
+        runs: dict[int, _Run],
+        generation: concurrent.futures.Future[list[Sequence[Image]]],
+    ) -> None:
+        """Follow one generator call, already started, and hand its images to the writer; returns
+        as soon as the call has returned, the next one being claimed meanwhile."""
+        ctx = self.ctx
+        future = asyncio.wrap_future(generation)
         future.add_done_callback(_retrieve)
         # published once the device has its work: subscribers' time is not taken from the device.
         # Promoted first: a job's queued event comes before its processing one.
         if promoted:
             ctx.publish(promoted)
         ctx.publish(claimed)
+        if promoted := await ctx.db(self._promote):  # off the device's path: it runs already
+            ctx.publish(promoted)
         self._next_beat = time.monotonic() + ctx.lease.heartbeat
         next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
         while not future.done():
@@ -207,7 +256,8 @@ class DeviceWorker:
                     run.stop = JobTimedOut(f"timed out after {run.record.timeout:g} s")
                 if run.stop is not None:
                     await self._settle(run, None, run.stop)
-        self.runs = {}
+        if self.runs is runs:  # not yet replaced by the next call's
+            self.runs = {}
         try:
             outputs: list[Sequence[Image]] = future.result()
         except BaseException as exc:  # the generator's failure is the job's outcome
@@ -245,11 +295,10 @@ class DeviceWorker:
         """Write each job's images on the writer thread, then store it as complete: complete means
         its files are on disk. A write that fails (a full disk) fails the job like a generator
         error; a database failure leaves the job to its lease, like a dead worker's."""
-        ctx = self.ctx
         for run, images in made:
             try:
                 try:
-                    written = self._writer.submit(save_images, ctx.images_dir, run.record.request(), images)
+                    written = self._writer.submit(self._write, run.record.request(), images)
                 except RuntimeError:  # shut down by close(), which hands the job back itself
                     return
                 try:
@@ -262,6 +311,11 @@ class DeviceWorker:
                 log.exception("imgnb: storing job %s failed; its lease will bring it back", run.record.id)
             finally:
                 self._storing.pop(run.record.id, None)
+
+    def _write(self, request: GenerationRequest, images: Sequence[Image]) -> list[str]:
+        """In the writer thread, once the device is busy again (or idle): the image files."""
+        self._write_ok.wait(WRITE_HOLD)
+        return save_images(self.ctx.images_dir, request, images)
 
     async def _persist_progress(self, runs: Iterable[_Run], now: float) -> None:
         """Write the steps reached since the last write, for other processes to show. Here, in the
@@ -323,6 +377,8 @@ class DeviceWorker:
         ctx = self.ctx
         ids = [r.id for r in records]
 
+        self._write_ok.set()
+
         def on_step(step: int, total: int, previews: Sequence[Image] | None = None) -> None:
             stops = [runs[i].stop for i in ids]
             if all(stop is not None for stop in stops):
@@ -341,4 +397,16 @@ class DeviceWorker:
             outputs = self.generator.generate_batch(requests, on_step)
         if len(outputs) != len(requests) or not all(outputs):
             raise TypeError(f"the generator returned {len(outputs)} results for {len(requests)} jobs, or no image")
+        self._write_ok.clear()
+        self._claim_ahead()
         return list(outputs)
+
+    def _claim_ahead(self) -> None:
+        """In the generation thread, its call just returned: have the next job claimed and started
+        now, without waiting for the loop (unless the writer is behind, or the queue closing). One
+        at a time: while the loop has not taken the last one (it is behind the device), the loop
+        claims the next itself, so no started call goes unfollowed."""
+        if self._ahead is not None or len(self._stores) >= MAX_STORING or self._shut:
+            return
+        with contextlib.suppress(QueueClosed):
+            self._ahead = self.ctx.db_soon(self._claim_and_start)

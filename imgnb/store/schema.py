@@ -18,7 +18,7 @@ from ..core.validation import MAX_GROUP_LENGTH
 
 __all__ = ["SCHEMA_VERSION", "DeviceRow", "JobRow", "MetaRow"]
 
-SCHEMA_VERSION = 2  # 2: JSON columns are text on PostgreSQL too (they were JSONB)
+SCHEMA_VERSION = 3  # 2: JSON as text on PostgreSQL (was JSONB); 3: PostgreSQL revisions from a sequence
 
 
 class MetaRow(SQLModel, table=True):
@@ -28,7 +28,7 @@ class MetaRow(SQLModel, table=True):
 
     id: int = Field(default=1, primary_key=True)
     schema_version: int
-    revision: int = 0  # bumped by every write transaction
+    revision: int = 0  # bumped by every write transaction on SQLite (PostgreSQL: the sequence imgnb_revision)
     next_seq: int = 0  # the run-order number the next submitted job gets
 
 

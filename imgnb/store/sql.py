@@ -1,10 +1,21 @@
 """``SQLStore``: the Store over SQLAlchemy, for SQLite files and PostgreSQL servers alike.
 
-Every write transaction first bumps the single ``imgnb_meta`` row. On SQLite that row is free
-(``BEGIN IMMEDIATE`` already serialises writers); on PostgreSQL its row lock orders all writers,
-so revisions become visible in the order they were handed out (a reader that saw revision N has
-seen every change up to N) and no two writers can deadlock on job and device rows. The same order
-makes ``update_metadata``'s read, merge in Python and write atomic.
+Every write transaction takes a revision first and stamps the rows it changes with it; a reader
+that saw revision N has seen every change up to N. How, per database:
+
+- SQLite: the ``imgnb_meta`` row's counter. It costs nothing there: ``BEGIN IMMEDIATE`` already
+  serialises writers, so revisions are committed in the order they were handed out.
+- PostgreSQL: the sequence ``imgnb_revision``, so that writers do not queue on one row (with the
+  counter row, 8 worker processes claimed and finished fewer jobs per second than 1: each held
+  the row across its round trips). Revisions then commit out of order, so readers read only up to
+  a *watermark*: below the revision of every write still in flight. A write registers itself
+  before it draws its revision, with a shared advisory lock keyed by a lower bound of that revision
+  (``_PG_DRAW``); a reader reads how far the sequence has gone, then the lowest registered bound
+  (``_watermark``). A row's revision only grows (the trigger ``imgnb_job_restamp`` gives a row
+  changed by a transaction that drew its revision earlier a new one). Writes that read then
+  write a row lock it first (``FOR UPDATE``); rows are locked devices first, jobs by id, so two
+  writers never deadlock. Each write announces its revision at commit (``NOTIFY imgnb``) for
+  listeners (``listen``).
 
 Every database failure leaves this class as a ``DatabaseError`` naming its cause (``_guarded``).
 A row imgnb cannot decode (written by something else, or by an older imgnb without limits) reads as
@@ -15,7 +26,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +44,7 @@ from ..core.validation import json_data, validate_group, validate_job_id
 from ..errors import DatabaseError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
+from .notify import Listener
 from .prepared import Prepared, Row
 from .schema import SCHEMA_VERSION, DeviceRow, JobRow, MetaRow
 
@@ -43,6 +55,23 @@ counters = MetaRow.__table__  # type: ignore[attr-defined]
 device_lock = DeviceRow.__table__  # type: ignore[attr-defined]
 
 _PG_INIT_LOCK = 0x1AB9  # advisory lock: two processes creating the schema at once take turns
+_CHANNEL = "imgnb"  # PostgreSQL: every write transaction announces its revision here at commit
+_IN_FLIGHT_KEYS = 0x1AB9 << 48  # PostgreSQL: advisory locks on keys + bound mark writes in flight
+
+# PostgreSQL: the revisions' sequence, and the trigger that keeps a row's revision growing
+_PG_REVISIONS = (  # as they run in a migration too: idempotent
+    "CREATE SEQUENCE IF NOT EXISTS imgnb_revision",
+    """CREATE OR REPLACE FUNCTION imgnb_job_restamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.revision <= OLD.revision THEN
+        NEW.revision := nextval('imgnb_revision');
+    END IF;
+    RETURN NEW;
+END
+$$""",
+    "DROP TRIGGER IF EXISTS imgnb_job_restamp ON imgnb_job",
+    "CREATE TRIGGER imgnb_job_restamp BEFORE UPDATE ON imgnb_job FOR EACH ROW EXECUTE FUNCTION imgnb_job_restamp()",
+)
 
 # from version N to N + 1, by dialect: statements run in the upgrade transaction
 _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
@@ -53,6 +82,14 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
             "DROP FUNCTION IF EXISTS imgnb_jsonb_merge(jsonb, jsonb)",
         ),
         "sqlite": (),  # its JSON columns held text already
+    },
+    2: {  # PostgreSQL's revisions come from a sequence (see the module's docstring), numbered on
+        "postgresql": (
+            *_PG_REVISIONS,
+            "SELECT setval('imgnb_revision', greatest(m.revision, j.revision, s.last_value, 1))"
+            " FROM imgnb_meta m, (SELECT coalesce(max(revision), 0) AS revision FROM imgnb_job) j, imgnb_revision s",
+        ),
+        "sqlite": (),
     },
 }
 
@@ -72,7 +109,28 @@ _BUMP = sa.update(counters).values(revision=counters.c.revision + 1).returning(c
 _TAKE_SEQ = sa.update(counters).values(next_seq=counters.c.next_seq + B("b_n")).returning(counters.c.next_seq)
 _REVISION = sa.select(counters.c.revision)
 _GET = sa.select(job).where(job.c.id == B("b_id"))
-_CHANGED = sa.select(job).where(job.c.revision > B("b_rev")).order_by(job.c.revision, job.c.id)
+_CHANGED = (
+    sa.select(job).where(job.c.revision > B("b_rev"), job.c.revision <= B("b_upto")).order_by(job.c.revision, job.c.id)
+)
+_GET_LOCKED = _GET.with_for_update()  # in a write that reads, then writes, the row
+# PostgreSQL: register as in flight (lower bound: the sequence's last value - 1), then draw, and
+# announce the revision at commit. OFFSET 0 keeps each step a subquery evaluated before the next.
+_PG_DRAW = sa.text(
+    "SELECT drawn.revision, pg_notify(:channel, drawn.revision::text) FROM ("
+    " SELECT nextval('imgnb_revision') AS revision FROM ("
+    "  SELECT pg_advisory_xact_lock_shared(:keys + last_value - 1) FROM imgnb_revision OFFSET 0"
+    " ) AS registered OFFSET 0) AS drawn"
+)
+_PG_HANDED_OUT = sa.text(  # and whether the bookkeeping row is there, as SQLite's counter read tells
+    "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS handed_out,"
+    " EXISTS (SELECT 1 FROM imgnb_meta) AS kept FROM imgnb_revision"
+)
+_PG_IN_FLIGHT = sa.text(
+    "SELECT min(((classid::bigint << 32) | objid::bigint) - :keys) AS bound FROM pg_locks"
+    " WHERE locktype = 'advisory' AND objsubid = 1"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND classid::bigint BETWEEN (:keys >> 32) AND (:keys >> 32) + 65535"
+)
 _ADDED = (  # the columns ``add`` writes, each its own parameter: rows go to the driver's executemany as they are
     "seq", "status", "priority", "group_name", "prompt", "params", "seed", "meta", "timeout", "max_retries",
     "attempts", "progress", "images", "created_at", "updated_at", "run_at", "cancel_requested", "batch_key", "revision",
@@ -244,6 +302,11 @@ class SQLStore(Store):
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
         self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error  # from Prepared statements
         self._prepared: dict[sa.Executable, Prepared] = {}
+        self._own_backends: set[int] = set()  # PostgreSQL: this store's sessions, whose writes it does not announce
+        self._listeners: list[Listener] = []
+        if self.dialect == "postgresql":
+            sa.event.listen(self.engine, "connect", self._opened)
+            sa.event.listen(self.engine, "close", self._closed)
         self._devices: set[str] = set()  # lock rows known to exist
         try:
             self._prepare()
@@ -315,6 +378,9 @@ class SQLStore(Store):
                 for table in (counters, job, device_lock):
                     table.create(conn, checkfirst=True)
                 conn.execute(sa.insert(counters).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0))
+                if self.dialect == "postgresql":
+                    for statement in _PG_REVISIONS:
+                        conn.exec_driver_sql(statement)
                 return
             for step in range(version, SCHEMA_VERSION):
                 for statement in _MIGRATIONS[step][self.dialect]:
@@ -385,27 +451,55 @@ class SQLStore(Store):
         return prepared
 
     def _bump(self, conn: sa.Connection) -> int:
+        """This write transaction's revision: the first statement of every write."""
+        if self.dialect == "postgresql":
+            drawn = self._fast(_PG_DRAW).rows(conn, {"channel": _CHANNEL, "keys": _IN_FLIGHT_KEYS})
+            return int(drawn[0]["revision"])
         rows = self._fast(_BUMP).rows(conn, {})
         if not rows:
             raise self._damaged()
         return int(rows[0]["revision"])
 
     def _revision(self, conn: sa.Connection) -> int:
+        """The revision up to which every change is committed and can be read."""
+        if self.dialect == "postgresql":
+            return self._watermark(conn)
         rows = self._fast(_REVISION).rows(conn, {})
         if not rows:
             raise self._damaged()
         return int(rows[0]["revision"])
 
-    @staticmethod
-    def _take_seq(conn: sa.Connection, n: int) -> int:
-        """Reserve ``n`` consecutive run-order numbers; returns the first. The one place ``seq`` is made."""
-        return int(conn.execute(_TAKE_SEQ, _args(n=n)).scalar_one()) - n
+    def _watermark(self, conn: sa.Connection) -> int:
+        """PostgreSQL: how far the sequence has gone, held below the bound of every write still in
+        flight. Read in this order: a write that drew a revision before the first read had
+        registered before it too, so the second read sees its bound."""
+        (sequence,) = self._fast(_PG_HANDED_OUT).rows(conn, {})
+        if not sequence["kept"]:
+            raise self._damaged()
+        handed_out = int(sequence["handed_out"])
+        bound = self._fast(_PG_IN_FLIGHT).rows(conn, {"keys": _IN_FLIGHT_KEYS})[0]["bound"]
+        return handed_out if bound is None else min(handed_out, int(bound))
 
-    def _one(self, conn: sa.Connection, job_id: int) -> JobRecord:
-        rows = self._fast(_GET).rows(conn, _args(id=job_id))
+    def _take_seq(self, conn: sa.Connection, n: int) -> int:
+        """Reserve ``n`` consecutive run-order numbers; returns the first. The one place ``seq`` is made."""
+        taken = conn.execute(_TAKE_SEQ, _args(n=n)).scalar()
+        if taken is None:
+            raise self._damaged()
+        return int(taken) - n
+
+    def _one(self, conn: sa.Connection, job_id: int, *, lock: bool = False) -> JobRecord:
+        """One job; ``lock``: locked until the transaction ends (a write that reads, then writes it)."""
+        rows = self._fast(_GET_LOCKED if lock else _GET).rows(conn, _args(id=job_id))
         if not rows:
             raise JobNotFound(f"no job with id {job_id}")
         return _decode(job_id, rows[0])[0]
+
+    def _lock_jobs(self, conn: sa.Connection, where: Any) -> None:
+        """PostgreSQL: lock the jobs matching ``where`` in id order before a write changes several,
+        the order every such write follows, so that two of them never wait on each other. (SQLite's
+        write lock is the whole database already.)"""
+        if self.dialect == "postgresql":
+            conn.execute(sa.select(job.c.id).where(where).order_by(job.c.id).with_for_update())
 
     @staticmethod
     def _update_one(conn: sa.Connection, job_id: int, *where: Any, **values: Any) -> JobRecord | None:
@@ -521,7 +615,8 @@ class SQLStore(Store):
             current = self._revision(conn)
             if current <= revision:
                 return current, []
-            return current, [_decode(r["id"], r)[0] for r in self._fast(_CHANGED).rows(conn, _args(rev=revision))]
+            rows = self._fast(_CHANGED).rows(conn, _args(rev=revision, upto=current))
+            return current, [_decode(r["id"], r)[0] for r in rows]
 
     def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
         if self.read_only:
@@ -583,9 +678,11 @@ class SQLStore(Store):
             )
             if not job_ids:
                 return set()
+            held = sa.and_(job.c.id.in_(list(job_ids)), job.c.owner == owner, job.c.status == _PROCESSING)
+            self._lock_jobs(conn, held)
             rows = conn.execute(
                 sa.update(job)
-                .where(job.c.id.in_(list(job_ids)), job.c.owner == owner, job.c.status == _PROCESSING)
+                .where(held)
                 .values(lease_until=now + lease, revision=rev)  # watchers see the lease move
                 .returning(job.c.id, job.c.cancel_requested)
             ).all()
@@ -634,7 +731,7 @@ class SQLStore(Store):
     def cancel(self, job_id: int, *, now: float) -> JobRecord:
         job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
-            current = self._one(conn, job_id)
+            current = self._one(conn, job_id, lock=True)
             if current.status is JobStatus.PROCESSING:
                 values: dict[str, Any] = {"cancel_requested": True}
             else:
@@ -647,7 +744,7 @@ class SQLStore(Store):
     def requeue(self, job_id: int, *, now: float) -> JobRecord:
         job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
-            check_transition(self._one(conn, job_id).status, JobStatus.QUEUED)
+            check_transition(self._one(conn, job_id, lock=True).status, JobStatus.QUEUED)
             seq = self._take_seq(conn, 1)
             updated = self._update_one(
                 conn,
@@ -718,7 +815,7 @@ class SQLStore(Store):
         """Put the jobs matching ``where`` back at their old place, or in error once their retries
         are spent: the one rule for a worker that was lost, by lease or by a dead process."""
         recovered = []
-        for row in conn.execute(sa.select(job).where(where)).all():
+        for row in conn.execute(sa.select(job).where(where).order_by(job.c.id).with_for_update()).all():
             lost = _record(row)
             said = f"its worker {lost.owner} {why} during attempt {lost.attempts}"
             values: dict[str, Any] = (
@@ -746,9 +843,11 @@ class SQLStore(Store):
             conn.execute(
                 sa.update(device_lock).where(device_lock.c.owner == owner).values(owner=None, lease_until=None)
             )
+            held = sa.and_(job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
+            self._lock_jobs(conn, held)
             rows = conn.execute(
                 sa.update(job)
-                .where(job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
+                .where(held)
                 .values(
                     status=JobStatus.QUEUED.value,
                     attempts=job.c.attempts - 1,
@@ -763,11 +862,11 @@ class SQLStore(Store):
             return [_record(r) for r in rows]
 
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
-        """Read, merge in Python and write in one transaction: writers are serialised (see the
-        module's docstring), so concurrent patches all land."""
+        """Read, merge in Python and write in one transaction, the row locked from the read on, so
+        concurrent patches all land."""
         job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
-            stored = conn.execute(sa.select(job.c.meta).where(job.c.id == job_id)).scalar()
+            stored = conn.execute(sa.select(job.c.meta).where(job.c.id == job_id).with_for_update()).scalar()
             if stored is None:
                 raise JobNotFound(f"no job with id {job_id}")
             current, problem = _loads(stored, dict)
@@ -777,6 +876,24 @@ class SQLStore(Store):
             updated = self._update_one(conn, job_id, meta=_dumps(merged), revision=rev)
             assert updated is not None  # the row is locked by this transaction
             return updated
+
+    def listen(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
+        """PostgreSQL: a ``LISTEN`` session of its own (see ``notify.Listener``). SQLite cannot
+        announce writes: the base class's ``stop`` that does nothing."""
+        if self.dialect != "postgresql":
+            return super().listen(callback)
+        cargs, cparams = self.engine.dialect.create_connect_args(self.url)
+        listener = Listener(
+            lambda: self.engine.dialect.connect(*cargs, **cparams), _CHANNEL, callback, ignore=self._own_backends
+        )
+        self._listeners.append(listener)
+        return listener.stop
+
+    def _opened(self, dbapi_connection: Any, _record: Any) -> None:
+        self._own_backends.add(dbapi_connection.info.backend_pid)
+
+    def _closed(self, dbapi_connection: Any, _record: Any) -> None:
+        self._own_backends.discard(dbapi_connection.info.backend_pid)
 
     def default_images_dir(self) -> Path:
         """``runs/jobs.db`` keeps its images in ``runs/jobs-images/``; a server database in
@@ -788,4 +905,6 @@ class SQLStore(Store):
         return Path("imgnb-images") / (database or "default")
 
     def close(self) -> None:
+        for listener in self._listeners:
+            listener.stop()
         self.engine.dispose()
