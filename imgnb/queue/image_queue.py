@@ -57,6 +57,7 @@ def _close_open_queues() -> None:
 T = TypeVar("T")
 _BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
 _CATCH_UP_RETRY = 0.005  # seconds before an announced write a read did not reach is looked for again
+_CATCH_UP_GAP = 0.01  # seconds at least between two reads for announced writes: at most 100 a second
 
 
 def _generators(generator: Any, pipeline: Any, *, previews: bool, preview_interval: float) -> dict[str, Generator]:
@@ -142,6 +143,7 @@ class ImageQueue:
         self._heard = 0  # the highest revision announced by another process (written by the listener)
         self._catch_up_scheduled = False
         self._retry = _CATCH_UP_RETRY / 2  # the watcher's next quick look (doubled before use)
+        self._last_read = 0.0  # monotonic time the watcher last read the database
         self._tasks: list[asyncio.Task[None]] = []
         self._next_recovery = 0.0  # monotonic time of the next look for stalled jobs
         context = WorkerContext(
@@ -564,6 +566,8 @@ class ImageQueue:
             timeout = self.lease_policy.poll
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
+        if (early := self._last_read + _CATCH_UP_GAP - time.monotonic()) > 0:
+            await asyncio.sleep(early)  # announcements that come meanwhile are read together
         self._changed.clear()
 
     async def _watch(self) -> None:
@@ -571,6 +575,7 @@ class ImageQueue:
 
     async def _watch_once(self) -> None:
         """Follow other processes' changes; recover stalled jobs."""
+        self._last_read = time.monotonic()
         revision, records = await self._db(self.store.changes_since, self._mirror.revision)
         if records:
             self._publish_records(records)
