@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..core.describe import attempt_text
 from ..core.leases import LeasePolicy, deadline
-from ..core.records import GenerationRequest, JobRecord
+from ..core.records import JobRecord
 from ..core.retry import FailureKind, RetryPolicy, get_retry_decision
 from ..core.states import JobStatus
 from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
@@ -89,11 +89,18 @@ class _Run:
     persisted: tuple[int, int] | None = None  # the last step written to the database
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a generation's exception as seen: when close() cancels the task that waited for it,
-    nobody else will, and asyncio would print 'Future exception was never retrieved'."""
-    if not future.cancelled():
-        future.exception()
+class _WriteFailed(Exception):
+    """The images of a job could not be written (in the writer thread): the job's failure."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` on ``loop``, from any thread (nothing once the loop is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(lambda: None if future.done() else future.set_result(None))
 
 
 def _classify(exc: BaseException) -> FailureKind:
@@ -164,7 +171,10 @@ class DeviceWorker:
                 await asyncio.wait(self._stores, return_when=asyncio.FIRST_COMPLETED)
             started = await ctx.db(self._claim_and_start)
         else:  # claimed, and probably started, by the generation thread's request
-            started = await asyncio.wrap_future(ahead)
+            try:
+                started = ahead.result() if ahead.done() else await asyncio.wrap_future(ahead)
+            except concurrent.futures.CancelledError:  # close() dropped it
+                raise QueueClosed() from None
         promoted, claimed, runs, generation = started
         if claimed:
             self._holding = True
@@ -230,19 +240,20 @@ class DeviceWorker:
         """Follow one generator call, already started, and hand its images to the writer; returns
         as soon as the call has returned, the next one being claimed meanwhile."""
         ctx = self.ctx
-        future = asyncio.wrap_future(generation)
-        future.add_done_callback(_retrieve)
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        generation.add_done_callback(lambda _: self._tell_ended(loop, ended))
         # published once the device has its work: subscribers' time is not taken from the device.
         # Promoted first: a job's queued event comes before its processing one.
         if promoted:
             ctx.publish(promoted)
         ctx.publish(claimed)
-        if promoted := await ctx.db(self._promote):  # off the device's path: it runs already
-            ctx.publish(promoted)
+        if time.monotonic() >= self._next_promotion and (promoted := await ctx.db(self._promote)):
+            ctx.publish(promoted)  # off the device's path: it runs already
         self._next_beat = time.monotonic() + ctx.lease.heartbeat
         next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
-        while not future.done():
-            await asyncio.wait({future}, timeout=TICK)
+        while not ended.done():
+            await asyncio.wait({ended}, timeout=TICK)
             now = time.time()
             if time.monotonic() >= self._next_beat:
                 await self._beat(now)
@@ -259,7 +270,7 @@ class DeviceWorker:
         if self.runs is runs:  # not yet replaced by the next call's
             self.runs = {}
         try:
-            outputs: list[Sequence[Image]] = future.result()
+            outputs: list[Sequence[Image]] = generation.result()
         except BaseException as exc:  # the generator's failure is the job's outcome
             for run in runs.values():
                 if not run.settled:
@@ -292,30 +303,40 @@ class DeviceWorker:
                 await self._beat(time.time())
 
     async def _store(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
-        """Write each job's images on the writer thread, then store it as complete: complete means
-        its files are on disk. A write that fails (a full disk) fails the job like a generator
-        error; a database failure leaves the job to its lease, like a dead worker's."""
+        """Have each job's images written, then the job stored as complete, by the writer thread
+        (``_write_and_finish``): complete means its files are on disk. A write that fails (a full
+        disk) fails the job like a generator error; a database failure leaves the job to its
+        lease, like a dead worker's."""
         for run, images in made:
             try:
                 try:
-                    written = self._writer.submit(self._write, run.record.request(), images)
+                    stored = self._writer.submit(self._write_and_finish, run, images)
                 except RuntimeError:  # shut down by close(), which hands the job back itself
                     return
                 try:
-                    paths = await asyncio.wrap_future(written)
-                except Exception as exc:
-                    await self._settle(run, None, exc)
-                else:
-                    await self._settle(run, paths, None)
+                    await self._stored(run, await asyncio.wrap_future(stored))
+                except (QueueClosed, concurrent.futures.CancelledError):
+                    return
+                except _WriteFailed as failed:
+                    await self._settle(run, None, failed.error)
             except Exception:
                 log.exception("imgnb: storing job %s failed; its lease will bring it back", run.record.id)
             finally:
                 self._storing.pop(run.record.id, None)
 
-    def _write(self, request: GenerationRequest, images: Sequence[Image]) -> list[str]:
-        """In the writer thread, once the device is busy again (or idle): the image files."""
+    def _write_and_finish(self, run: _Run, images: Sequence[Image]) -> JobRecord | None:
+        """In the writer thread, once the device is busy again (or idle): write the image files,
+        then store the job as complete through the database thread, without a stop on the loop."""
         self._write_ok.wait(WRITE_HOLD)
-        return save_images(self.ctx.images_dir, request, images)
+        try:
+            paths = save_images(self.ctx.images_dir, run.record.request(), images)
+        except Exception as exc:
+            raise _WriteFailed(exc) from exc
+        run.settled = True
+        stored: JobRecord | None = self.ctx.db_soon(
+            self.ctx.store.finish, run.record.id, **self._outcome(run, paths, None)
+        ).result()
+        return stored
 
     async def _persist_progress(self, runs: Iterable[_Run], now: float) -> None:
         """Write the steps reached since the last write, for other processes to show. Here, in the
@@ -337,6 +358,20 @@ class DeviceWorker:
         run's result is dropped rather than half-written.
         """
         run.settled = True
+        try:
+            stored = await self.ctx.db(self.ctx.store.finish, run.record.id, **self._outcome(run, images, error))
+        except QueueClosed:
+            return
+        await self._stored(run, stored)
+
+    async def _stored(self, run: _Run, stored: JobRecord | None) -> None:
+        if stored is None:
+            log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", run.record.id)
+            return
+        self.ctx.publish([stored])
+
+    def _outcome(self, run: _Run, images: Sequence[str] | None, error: BaseException | None) -> dict[str, Any]:
+        """What ``Store.finish`` is told of how a run ended (any thread)."""
         ctx = self.ctx
         record = run.record
         now = time.time()
@@ -362,14 +397,7 @@ class DeviceWorker:
                 )
             if kind is FailureKind.TRANSIENT:
                 log.info("imgnb: job %s failed: %s", record.id, message, exc_info=error)
-        try:
-            stored = await ctx.db(ctx.store.finish, record.id, **finish)
-        except QueueClosed:
-            return
-        if stored is None:
-            log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", record.id)
-            return
-        ctx.publish([stored])
+        return finish
 
     # -- the generation thread ------------------------------------------------------------------
 
@@ -400,6 +428,15 @@ class DeviceWorker:
         self._write_ok.clear()
         self._claim_ahead()
         return list(outputs)
+
+    def _tell_ended(self, loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
+        """The generator call returned (in the generation thread, as a rule): tell the loop, at the
+        same time as the answer to the claim it asked for, if any: one wake-up of the loop, not two."""
+        ahead = self._ahead
+        if ahead is not None and not ahead.done():
+            ahead.add_done_callback(lambda _: _resolve(loop, ended))
+        else:
+            _resolve(loop, ended)
 
     def _claim_ahead(self) -> None:
         """In the generation thread, its call just returned: have the next job claimed and started

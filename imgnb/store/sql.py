@@ -137,6 +137,9 @@ _ADDED = (  # the columns ``add`` writes, each its own parameter: rows go to the
 )  # fmt: skip
 _INSERT = sa.insert(job).values({name: B(f"b_{name}") for name in _ADDED})
 _IDS_OF_REVISION = sa.select(job.c.id, job.c.seq).where(job.c.revision == B("b_rev"))
+_ID_RANGE_OF_REVISION = sa.select(
+    sa.func.min(job.c.id).label("low"), sa.func.max(job.c.id).label("high"), sa.func.count().label("n")
+).where(job.c.revision == B("b_rev"))
 _LOCK_DEVICE = (
     sa.update(device_lock)
     .where(
@@ -487,6 +490,16 @@ class SQLStore(Store):
             raise self._damaged()
         return int(taken) - n
 
+    def _ids_of(self, conn: sa.Connection, rev: int, first_seq: int, n: int) -> list[int]:
+        """The ids of the ``n`` rows ``add`` just inserted at revision ``rev``, in ``seq`` order. The
+        database hands out ids in insert order, so they are one range unless another session took
+        ids in between (PostgreSQL); only then are they read one by one."""
+        (span,) = self._fast(_ID_RANGE_OF_REVISION).rows(conn, _args(rev=rev))
+        if span["n"] == n and span["high"] - span["low"] + 1 == n:
+            return list(range(span["low"], span["high"] + 1))
+        id_of_seq = {r["seq"]: r["id"] for r in self._fast(_IDS_OF_REVISION).rows(conn, _args(rev=rev))}
+        return [id_of_seq[first_seq + i] for i in range(n)]
+
     def _one(self, conn: sa.Connection, job_id: int, *, lock: bool = False) -> JobRecord:
         """One job; ``lock``: locked until the transaction ends (a write that reads, then writes it)."""
         rows = self._fast(_GET_LOCKED if lock else _GET).rows(conn, _args(id=job_id))
@@ -531,38 +544,39 @@ class SQLStore(Store):
             return []
         with self._write() as (conn, rev):
             first = self._take_seq(conn, len(specs))
+            # one dict literal per row, JSON of empty dicts not encoded: 100,000 rows are built here
             rows: list[Row] = [
-                _args(
-                    seq=first + i,
-                    status=_QUEUED,
-                    priority=spec.priority,
-                    group_name=spec.group,
-                    prompt=spec.prompt,
-                    params=_dumps(spec.params),
-                    seed=spec.seed,
-                    meta=_dumps(spec.metadata),
-                    timeout=spec.timeout,
-                    max_retries=spec.max_retries,
-                    attempts=0,
-                    progress=0.0,
-                    images="[]",
-                    created_at=now,
-                    updated_at=now,
-                    run_at=now,
-                    cancel_requested=False,
-                    batch_key=key,
-                    revision=rev,
-                )
+                {
+                    "b_seq": first + i,
+                    "b_status": _QUEUED,
+                    "b_priority": spec.priority,
+                    "b_group_name": spec.group,
+                    "b_prompt": spec.prompt,
+                    "b_params": _dumps(spec.params) if spec.params else "{}",
+                    "b_seed": spec.seed,
+                    "b_meta": _dumps(spec.metadata) if spec.metadata else "{}",
+                    "b_timeout": spec.timeout,
+                    "b_max_retries": spec.max_retries,
+                    "b_attempts": 0,
+                    "b_progress": 0.0,
+                    "b_images": "[]",
+                    "b_created_at": now,
+                    "b_updated_at": now,
+                    "b_run_at": now,
+                    "b_cancel_requested": False,
+                    "b_batch_key": key,
+                    "b_revision": rev,
+                }
                 for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True))
             ]
             # a plain executemany: RETURNING with ordered rows would insert one row per statement.
-            # Only this transaction's rows carry its revision, so read their ids by it.
+            # Only this transaction's rows carry its revision, so their ids are found by it.
             self._fast(_INSERT).many(conn, rows)
-            id_of_seq = {r["seq"]: r["id"] for r in self._fast(_IDS_OF_REVISION).rows(conn, _args(rev=rev))}
+            ids = self._ids_of(conn, rev, first, len(rows))
         # the records are the specs as stored: their JSON already made its round trip at validation
         return [
             JobRecord(
-                id=id_of_seq[first + i],
+                id=ids[i],
                 seq=first + i,
                 status=JobStatus.QUEUED,
                 priority=spec.priority,
