@@ -74,11 +74,11 @@ class Sizes:
 
 
 QUICK = Sizes(
-    wake_rounds=12,
-    sqlite_wake_rounds=6,
+    wake_rounds=10,
+    sqlite_wake_rounds=5,
     scale_procs=(1, 2),
-    scale_jobs=300,
-    gap_jobs=6,
+    scale_jobs=200,
+    gap_jobs=3,
     noop_jobs=300,
     batch=10_000,
 )

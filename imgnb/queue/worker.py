@@ -219,6 +219,7 @@ class DeviceWorker:
             promoted = self._promote()
             claimed = self._claim() if promoted else []
             if not claimed:
+                self._write_ok.set()  # the device has nothing to do: the writer need not wait
                 return promoted, [], {}, None
         runs = {r.id: _Run(r, deadline(r.started_at or time.time(), r.timeout)) for r in claimed}
         if self._shut:
