@@ -194,12 +194,24 @@ def wakeups(db: str, folder: Path, rounds: int) -> Wakeups:
 # -- 2. scaling --------------------------------------------------------------------------------
 
 
-def throughput(db: str, folder: Path, procs: int, jobs: int) -> float:
+@dataclass
+class Throughput:
+    per_second: float
+    lock_waits: float | None  # PostgreSQL: sessions of this database waiting for a lock, on average
+
+
+def throughput(db: str, folder: Path, procs: int, jobs: int) -> Throughput:
     """Claims + finishes per second of ``procs`` no-op worker processes, each on its own device:
-    jobs over the time from the first start to the last finish, as the database recorded them."""
+    jobs over the time from the first start to the last finish, as the database recorded them.
+    On PostgreSQL, the sessions waiting for a lock are counted every 10 ms meanwhile."""
     with ImageQueue(db, start=False, images_dir=folder / "images") as q:
         q.submit_batch([{"prompt": f"job {i}"} for i in range(jobs)])
         workers = [Worker(db, folder, "--noop", "--device", f"d{i}") for i in range(procs)]
+        done = threading.Event()
+        waits: list[int] = []
+        sampler = threading.Thread(target=sample_lock_waits, args=(db, done, waits), daemon=True)
+        if "://" in db:
+            sampler.start()
         for worker in workers:
             worker.go()
         deadline = time.monotonic() + 600
@@ -207,12 +219,26 @@ def throughput(db: str, folder: Path, procs: int, jobs: int) -> float:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{procs} workers did not finish {jobs} jobs")
             time.sleep(0.1)  # a look now and then: the time measured is the database's own
+        done.set()
         for worker in workers:
             worker.close()
-        done = q.jobs(status="complete")
-    first = min(j.started_at for j in done if j.started_at is not None)
-    last = max(j.finished_at for j in done if j.finished_at is not None)
-    return jobs / (last - first).total_seconds()
+        finished = q.jobs(status="complete")
+    if sampler.is_alive():
+        sampler.join()
+    first = min(j.started_at for j in finished if j.started_at is not None)
+    last = max(j.finished_at for j in finished if j.finished_at is not None)
+    return Throughput(jobs / (last - first).total_seconds(), statistics.mean(waits) if waits else None)
+
+
+def sample_lock_waits(url: str, done: threading.Event, waits: list[int]) -> None:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        while not done.wait(0.01):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            waits.append(int(row[0]) if row else 0)
 
 
 # -- 3-5. one process --------------------------------------------------------------------------
@@ -321,7 +347,7 @@ def main() -> None:
     skipped: list[str] = []
     with postgres(skipped) as new_db:
         wake: dict[str, Wakeups] = {}
-        scale: dict[str, dict[int, float]] = {}
+        scale: dict[str, dict[int, Throughput]] = {}
         if new_db is not None:
             wake["postgresql"] = wakeups(new_db("wake"), tmp / "pg-wake", sizes.wake_rounds)
             scale["postgresql"] = {
@@ -349,9 +375,12 @@ def main() -> None:
     print("\nclaims + finishes per second, no-op generator, one device per worker process")
     print(f"  {'processes':10} " + " ".join(f"{k:>9}" for k in sizes.scale_procs))
     for backend, row in scale.items():
-        first = row[sizes.scale_procs[0]]
-        print(f"  {backend:10} " + " ".join(f"{row[k]:9.0f}" for k in sizes.scale_procs))
-        print(f"  {'  vs 1':10} " + " ".join(f"{row[k] / first:9.2f}" for k in sizes.scale_procs))
+        first = row[sizes.scale_procs[0]].per_second
+        print(f"  {backend:10} " + " ".join(f"{row[k].per_second:9.0f}" for k in sizes.scale_procs))
+        print(f"  {'  vs 1':10} " + " ".join(f"{row[k].per_second / first:9.2f}" for k in sizes.scale_procs))
+        if backend == "postgresql":
+            print(f"  {'  lock wait':10} " + " ".join(f"{row[k].lock_waits or 0:9.2f}" for k in sizes.scale_procs))
+    print("  (lock wait: sessions waiting for a lock, on average over the run)")
     print(f"\nidle gap of the device between generator calls (ms), {sizes.gap_jobs} jobs")
     for size in (512, 1024):
         print(

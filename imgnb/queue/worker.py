@@ -51,7 +51,6 @@ T = TypeVar("T")
 TICK = 0.05  # seconds between looks at deadlines and cancellations while a job runs
 MAX_STORING = 2  # generations whose images may wait for the writer; beyond that the device waits
 WRITE_HOLD = 1.0  # seconds at most that the writer waits for the next generation to start first
-Started = tuple[list[JobRecord], list[JobRecord], "dict[int, _Run]", "concurrent.futures.Future[Any] | None"]
 PROGRESS_PERSIST_EVERY = 1.0  # seconds between progress writes, for other processes to show
 
 
@@ -87,6 +86,10 @@ class _Run:
     settled: bool = False  # its outcome is stored; whatever the thread returns is dropped
     step: tuple[int, int] | None = None  # the last step reported by the generation thread
     persisted: tuple[int, int] | None = None  # the last step written to the database
+
+
+# what a claim made in the database thread returns: promoted, claimed, their runs and the started call
+Started = tuple[list[JobRecord], list[JobRecord], dict[int, _Run], "concurrent.futures.Future[Any] | None"]
 
 
 class _WriteFailed(Exception):
@@ -405,8 +408,7 @@ class DeviceWorker:
     def _generate(self, records: list[JobRecord], runs: dict[int, _Run]) -> list[Sequence[Image]]:
         ctx = self.ctx
         ids = [r.id for r in records]
-
-        self._write_ok.set()
+        self._write_ok.set()  # the device is busy: the writer may take the time it needs
 
         def on_step(step: int, total: int, previews: Sequence[Image] | None = None) -> None:
             stops = [runs[i].stop for i in ids]
