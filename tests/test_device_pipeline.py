@@ -120,8 +120,9 @@ def test_a_worker_killed_between_writing_and_storing_loses_nothing(
     assert proc.wait(timeout=30) == -signal.SIGKILL
     proc.stdout.close()  # type: ignore[union-attr]
     assert list((tmp_path / "images").glob(f"job{job.id:06d}_*.png"))  # it died with the file written
-    wait_until(lambda: job.status is JobStatus.QUEUED)  # never complete: back at its place, the run counted
-    assert job.attempts == 1 and "died" in (job.error or "")
+    # never complete: back at its place once the client sees the process gone, the run counted
+    wait_until(lambda: job.status is JobStatus.QUEUED and job.attempts == 1)
+    assert "died" in (job.error or "")
     gen = FakeGenerator(steps=1)
     make_queue(db_path, generator=gen)
     job.result(timeout=10)
