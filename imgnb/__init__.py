@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .core.history import Retention
 from .core.leases import LeasePolicy
 from .core.ordering import Priority
-from .core.records import EventKind, GenerationRequest, JobEvent
+from .core.records import DeviceState, EventKind, GenerationRequest, JobEvent, ModelLoad
 from .core.retry import RetryPolicy
 from .core.states import JobStatus
 from .errors import (
     DatabaseError,
+    DatabaseURLError,
     IllegalTransition,
     ImgnbError,
     InvalidJob,
@@ -20,12 +22,15 @@ from .errors import (
     JobNotFound,
     JobTimedOut,
     JobWaitTimeout,
+    MissingExtra,
+    ModelLoadError,
     NotADatabase,
     QueueClosed,
     QueueConfigError,
     SchemaVersionError,
     UnsupportedPipeline,
 )
+from .gen.loading import loader
 from .queue import ImageQueue, Job
 
 if TYPE_CHECKING:
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatabaseError",
+    "DatabaseURLError",
+    "DeviceState",
     "EventKind",
     "GenerationRequest",
     "IllegalTransition",
@@ -49,13 +56,18 @@ __all__ = [
     "JobTimedOut",
     "JobWaitTimeout",
     "LeasePolicy",
+    "MissingExtra",
+    "ModelLoad",
+    "ModelLoadError",
     "NotADatabase",
     "Priority",
     "QueueClosed",
     "QueueConfigError",
+    "Retention",
     "RetryPolicy",
     "SchemaVersionError",
     "UnsupportedPipeline",
+    "loader",
     "tiny_pipeline",
 ]
 

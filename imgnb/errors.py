@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatabaseError",
+    "DatabaseURLError",
     "IllegalTransition",
     "ImgnbError",
     "InvalidJob",
@@ -17,6 +18,8 @@ __all__ = [
     "JobNotFound",
     "JobTimedOut",
     "JobWaitTimeout",
+    "MissingExtra",
+    "ModelLoadError",
     "NotADatabase",
     "QueueClosed",
     "QueueConfigError",
@@ -79,6 +82,10 @@ class JobWaitTimeout(ImgnbError, TimeoutError):
     """The job did not finish within the time given to wait for it; it goes on running."""
 
 
+class MissingExtra(ImgnbError, ImportError):
+    """An optional part of imgnb needs a package that is not installed (its message says which extra)."""
+
+
 class QueueClosed(ImgnbError):
     """The queue is closed."""
 
@@ -91,6 +98,11 @@ class DatabaseError(ImgnbError):
     """The job database cannot be used."""
 
 
+class DatabaseURLError(DatabaseError):
+    """The database URL cannot be used: it does not parse, or names a database kind or driver that
+    is not installed. Trying again will not help."""
+
+
 class NotADatabase(DatabaseError):
     """The file is not an imgnb job database (or is corrupt); it was left untouched."""
 
@@ -101,3 +113,8 @@ class SchemaVersionError(DatabaseError):
 
 class UnsupportedPipeline(ImgnbError, TypeError):
     """This pipeline cannot run imgnb jobs: its ``__call__`` lacks an argument imgnb needs."""
+
+
+class ModelLoadError(ImgnbError):
+    """A model's loader failed (or returned no pipeline); the job that needed it is retried like any
+    transient failure, and the worker goes on."""

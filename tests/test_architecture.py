@@ -16,6 +16,7 @@ FOREIGN_API = {
     "_asdict",
     "_replace",
     "_fields",  # namedtuple
+    "_exit",  # os._exit: leave at once, without cleanup (the worker's second Ctrl-C)
     "_ipython_display_",
     "_repr_html_",
     "_repr_mimebundle_",

@@ -48,8 +48,9 @@ def test_the_next_job_runs_while_the_last_one_is_written(
     make_queue: MakeQueue, db_url: str, tmp_path: Path, held_writer: threading.Event
 ) -> None:
     gen = FakeGenerator(steps=1)
-    q = make_queue(db_url, generator=gen)
-    first, second = q.submit("first"), q.submit("second")
+    q = make_queue(db_url, generator=gen, start=False)
+    first, second = q.submit_batch([{"prompt": "first"}, {"prompt": "second"}])
+    q.start()
     wait_until(lambda: gen.calls == [first.id, second.id])  # the device went on at once
     assert first.status is JobStatus.PROCESSING  # not complete: its image is not on disk yet
     assert not list((tmp_path / "images").glob("*.png"))
@@ -57,6 +58,21 @@ def test_the_next_job_runs_while_the_last_one_is_written(
     for job in (first, second):
         job.result(timeout=10)
         assert all(os.path.exists(path) for path in job.images)
+
+
+def test_a_job_submitted_while_the_last_one_is_written_starts_at_once(
+    make_queue: MakeQueue, db_path: str, held_writer: threading.Event
+) -> None:
+    gen = FakeGenerator(steps=1)
+    q = make_queue(db_path, generator=gen)
+    first = q.submit("first")
+    wait_until(lambda: gen.calls == [first.id])  # ran; its image waits for the writer
+    second = q.submit("second")
+    wait_until(lambda: gen.calls == [first.id, second.id])  # the idle worker did not wait for the writer
+    assert first.status is JobStatus.PROCESSING
+    held_writer.set()
+    second.result(timeout=10)
+    assert first.status is JobStatus.COMPLETE
 
 
 def test_a_job_is_complete_only_once_its_files_are_on_disk(make_queue: MakeQueue, db_url: str) -> None:

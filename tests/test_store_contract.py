@@ -7,13 +7,17 @@ that is how the PostgreSQL store is known to behave exactly like the SQLite one.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from imgnb import IllegalTransition, JobNotFound, JobStatus
-from imgnb.core.records import JobSpec
+from imgnb.core.affinity import Waiting, pick
+from imgnb.core.editing import Place
+from imgnb.core.records import JobRecord, JobSpec
 from imgnb.store import Store
 
 S = JobStatus
@@ -167,3 +171,272 @@ def test_counts_cover_every_status(store: Store) -> None:
     store.cancel(a.id, now=NOW)
     counts = store.counts()
     assert counts[S.QUEUED] == 1 and counts[S.CANCELLED] == 1 and counts[S.COMPLETE] == 0 and len(counts) == 6
+
+
+# -- history: pages, cheap counts, pruning, editing waiting jobs --------------------------------
+
+
+def grouped(prompt: str, group: str | None, *, priority: int = 1) -> JobSpec:
+    return JobSpec(
+        prompt=prompt,
+        params={},
+        seed=1,
+        priority=priority,
+        group=group,
+        timeout=None,
+        max_retries=0,
+        metadata={},
+    )
+
+
+def finish_all(store: Store, ids: list[int], *, status: S = S.COMPLETE, at: float = NOW) -> None:
+    """Run ``ids`` (queued, in run order) to ``status``, one second apart from ``at``."""
+    for k, job_id in enumerate(ids):
+        (claimed,) = store.claim(owner="w", device="d", now=at + k, lease=10)
+        assert claimed.id == job_id
+        store.finish(job_id, owner="w", status=status, now=at + k, images=[f"/img/{job_id}.png"])
+
+
+def test_list_jobs_pages_in_order_both_ways(store: Store) -> None:
+    jobs = store.add(
+        [spec(f"j{i}", priority=2 if i % 3 == 0 else 1) for i in range(10)], batch_keys=[None] * 10, now=NOW
+    )
+    ids = [r.id for r in jobs]
+    run_order = [r.id for r in store.list_jobs(status=S.QUEUED)]
+    assert run_order == ids[0:10:3] + [i for k, i in enumerate(ids) if k % 3]
+    assert [r.id for r in store.list_jobs(status=S.QUEUED, limit=3, offset=2)] == run_order[2:5]
+    assert [r.id for r in store.list_jobs(status=S.QUEUED, newest_first=True, limit=2)] == run_order[::-1][:2]
+    assert [r.id for r in store.list_jobs(limit=4)] == ids[:4]  # all statuses: by id
+    assert [r.id for r in store.list_jobs(newest_first=True, limit=3, offset=1)] == ids[::-1][1:4]
+    assert store.list_jobs(limit=0) == [] and store.list_jobs(offset=10) == []
+
+
+def test_counts_follow_every_change(store: Store) -> None:
+    a, b, c = store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW)
+    finish_all(store, [a.id])
+    store.cancel(b.id, now=NOW)
+    store.claim(owner="w", device="d", now=NOW, lease=10)
+    assert {s: n for s, n in store.counts().items() if n} == {S.COMPLETE: 1, S.CANCELLED: 1, S.PROCESSING: 1}
+    store.finish(c.id, owner="w", status=S.ERROR, now=NOW, error="x")
+    store.requeue_failed(group=None, now=NOW)
+    store.prune(statuses={S.COMPLETE}, group=None, finished_before=None, keep_last=None)
+    assert {s: n for s, n in store.counts().items() if n} == {S.CANCELLED: 1, S.QUEUED: 1}
+
+
+def test_recently_finished_is_newest_first_by_finish_time(store: Store) -> None:
+    jobs = store.add([spec(f"j{i}") for i in range(4)], batch_keys=[None] * 4, now=NOW)
+    first, second, third, fourth = (r.id for r in jobs)
+    store.claim(owner="w", device="d", now=NOW, lease=10)  # the first runs ...
+    store.cancel(third, now=NOW + 1)  # ... while the third is cancelled: it finishes first
+    store.finish(first, owner="w", status=S.COMPLETE, now=NOW + 2)
+    assert [r.id for r in store.recently_finished(limit=5)] == [first, third]
+    assert [r.id for r in store.recently_finished(limit=1)] == [first]
+    assert all(r.id not in (second, fourth) for r in store.recently_finished(limit=5))  # waiting: not finished
+
+
+def test_prune_keeps_the_last_n_of_what_matches(store: Store) -> None:
+    jobs = store.add([grouped(f"j{i}", "a" if i % 2 else "b") for i in range(8)], batch_keys=[None] * 8, now=NOW)
+    ids = [r.id for r in jobs]
+    finish_all(store, ids[:6])  # finished at NOW .. NOW + 5, in id order; two stay queued
+    removed = store.prune(statuses={S.COMPLETE}, group="a", finished_before=None, keep_last=1)
+    a_done = [i for k, i in enumerate(ids[:6]) if k % 2]
+    assert sorted(r.id for r in removed) == a_done[:-1]  # group a's newest is kept
+    assert removed[0].status is S.COMPLETE and removed[0].images == (f"/img/{removed[0].id}.png",)
+    for gone in removed:
+        with pytest.raises(JobNotFound):
+            store.get(gone.id)
+    assert store.prune(statuses={S.COMPLETE}, group="a", finished_before=None, keep_last=1) == []
+    # by age: those finished before NOW + 2 (group b's first), and never a queued job
+    old = store.prune(statuses={S.COMPLETE, S.ERROR, S.CANCELLED}, group=None, finished_before=NOW + 2, keep_last=None)
+    assert [r.id for r in old] == [ids[0]]
+    left = store.list_jobs()
+    assert [r.id for r in left] == [ids[2], ids[4], ids[5], ids[6], ids[7]]
+    assert store.counts()[S.COMPLETE] == 3 and store.counts()[S.QUEUED] == 2
+    everything = store.prune(statuses={S.COMPLETE}, group=None, finished_before=None, keep_last=None)
+    assert len(everything) == 3 and [r.status for r in store.list_jobs()] == [S.QUEUED, S.QUEUED]
+
+
+def test_prune_with_age_and_keep_last_needs_both(store: Store) -> None:
+    ids = [r.id for r in store.add([spec(f"j{i}") for i in range(5)], batch_keys=[None] * 5, now=NOW)]
+    finish_all(store, ids)  # NOW .. NOW + 4
+    # the last 2 are kept whatever their age; of the others, only those older than NOW + 1 go
+    removed = store.prune(statuses={S.COMPLETE}, group=None, finished_before=NOW + 1, keep_last=2)
+    assert [r.id for r in removed] == [ids[0]]
+    removed = store.prune(statuses={S.COMPLETE}, group=None, finished_before=NOW + 100, keep_last=2)
+    assert sorted(r.id for r in removed) == ids[1:3]
+    assert store.prune(statuses={S.COMPLETE}, group=None, finished_before=None, keep_last=5) == []  # fewer than 5
+
+
+def test_cancel_all_takes_only_waiting_jobs(store: Store) -> None:
+    jobs = store.add([grouped(f"j{i}", "g" if i < 3 else None) for i in range(5)], batch_keys=[None] * 5, now=NOW)
+    running = store.claim(owner="w", device="d", now=NOW, lease=10)[0]  # jobs[0]
+    pending = store.claim(owner="w", device="e", now=NOW, lease=10)[0]  # jobs[1], then pending
+    store.finish(pending.id, owner="w", status=S.PENDING, now=NOW, run_at=NOW + 60)
+    change = store.cancel_all(statuses={S.QUEUED, S.PENDING}, group="g", now=NOW + 1)
+    assert change.ids == (jobs[1].id, jobs[2].id) and change.status is S.CANCELLED
+    assert change.applied_to(jobs[2]) == store.get(jobs[2].id)  # what the stored record now is
+    assert (store.get(jobs[1].id).status, store.get(jobs[1].id).finished_at) == (S.CANCELLED, NOW + 1)
+    assert store.get(running.id).status is S.PROCESSING and not store.get(running.id).cancel_requested
+    rev, snapshot = store.queued_snapshot()
+    assert {j for j, _ in snapshot} == {jobs[3].id, jobs[4].id}
+    assert store.cancel_all(statuses={S.QUEUED}, group=None, now=NOW).ids == (jobs[3].id, jobs[4].id)
+    assert store.cancel_all(statuses={S.QUEUED}, group=None, now=NOW).ids == ()
+    assert [r.id for r in store.changes_since(rev)[1]] == [jobs[3].id, jobs[4].id]
+    assert store.counts()[S.CANCELLED] == 4
+
+
+def test_requeue_failed_goes_to_the_back_in_the_old_order(store: Store) -> None:
+    jobs = store.add([grouped(f"j{i}", "g" if i != 1 else None) for i in range(4)], batch_keys=[None] * 4, now=NOW)
+    ids = [r.id for r in jobs]
+    finish_all(store, ids[:3], status=S.ERROR)
+    (waiting,) = store.list_jobs(status=S.QUEUED)
+    again = store.requeue_failed(group="g", now=NOW + 9)
+    assert [r.id for r in again] == [ids[0], ids[2]]
+    assert all((r.status, r.attempts, r.error, r.finished_at) == (S.QUEUED, 0, None, None) for r in again)
+    assert [r.id for r in store.list_jobs(status=S.QUEUED)] == [waiting.id, ids[0], ids[2]]
+    assert [r.id for r in store.list_jobs(status=S.ERROR)] == [ids[1]]  # another group
+    assert store.requeue_failed(group="g", now=NOW) == []
+
+
+def queued_ids(store: Store) -> list[int]:
+    return [r.id for r in store.list_jobs(status=S.QUEUED)]
+
+
+def test_set_priority_moves_to_the_end_of_the_new_priority(store: Store) -> None:
+    a, b, c, d = (
+        r.id
+        for r in store.add([spec("a"), spec("b"), spec("c", priority=2), spec("d")], batch_keys=[None] * 4, now=NOW)
+    )
+    assert queued_ids(store) == [c, a, b, d]
+    moved = store.set_priority(d, 2, now=NOW)
+    assert moved.priority == 2 and queued_ids(store) == [c, d, a, b]
+    assert store.set_priority(a, 1, now=NOW).seq == store.get(a).seq  # the same priority: nothing moves
+    assert queued_ids(store) == [c, d, a, b]
+
+
+def test_move_to_front_back_and_before(store: Store) -> None:
+    ids = [r.id for r in store.add([spec(f"j{i}") for i in range(6)], batch_keys=[None] * 6, now=NOW)]
+    (high,) = store.add([spec("high", priority=2)], batch_keys=[None], now=NOW)
+    j0, j1, j2, j3, j4, j5 = ids
+    store.move(j4, to=Place.FRONT, now=NOW)
+    assert queued_ids(store) == [high.id, j4, j0, j1, j2, j3, j5]
+    store.move(j3, to=Place.FRONT, now=NOW)
+    store.move(j4, to=Place.BACK, now=NOW)
+    assert queued_ids(store) == [high.id, j3, j0, j1, j2, j5, j4]
+    store.move(j5, to=j1, now=NOW)  # near the front: the jobs ahead are renumbered
+    assert queued_ids(store) == [high.id, j3, j0, j5, j1, j2, j4]
+    store.move(j3, to=j4, now=NOW)  # near the back: the target and those behind it are renumbered
+    assert queued_ids(store) == [high.id, j0, j5, j1, j2, j3, j4]
+    assert store.move(j3, to=j4, now=NOW) == []  # there already
+    seqs = [r.seq for r in store.list_jobs()]
+    assert len(set(seqs)) == len(seqs)  # every seq unique
+    _rev, snapshot = store.queued_snapshot()
+    assert [job_id for job_id, _ in sorted(snapshot, key=lambda e: e[1])] == queued_ids(store)
+
+
+def test_moves_refused_leave_everything_in_place(store: Store) -> None:
+    a, b, c = (r.id for r in store.add([spec("a"), spec("b"), spec("c", priority=0)], batch_keys=[None] * 3, now=NOW))
+    (d,) = (r.id for r in store.add([spec("d")], batch_keys=[None], now=NOW))
+    store.claim(owner="w", device="d", now=NOW, lease=10)  # a runs
+    before = store.list_jobs()
+    with pytest.raises(IllegalTransition, match="processing"):
+        store.move(a, to=Place.FRONT, now=NOW)
+    with pytest.raises(IllegalTransition, match="processing"):
+        store.set_priority(a, 2, now=NOW)
+    with pytest.raises(IllegalTransition, match="before a queued or pending"):
+        store.move(b, to=a, now=NOW)
+    with pytest.raises(IllegalTransition, match="priority"):
+        store.move(b, to=c, now=NOW)
+    store.cancel(d, now=NOW)
+    with pytest.raises(IllegalTransition, match="cancelled"):
+        store.move(d, to=Place.BACK, now=NOW)
+    with pytest.raises(JobNotFound):
+        store.move(9999, to=Place.FRONT, now=NOW)
+    with pytest.raises(JobNotFound):
+        store.move(b, to=9999, now=NOW)
+    after = store.list_jobs()
+    assert [(r.id, r.seq, r.priority) for r in after] == [(r.id, r.seq, r.priority) for r in before[:3]] + [
+        (d, before[3].seq, 1)
+    ]
+
+
+def test_a_pending_job_can_be_moved_and_keeps_its_new_place(store: Store) -> None:
+    a, b, c = (r.id for r in store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW))
+    store.claim(owner="w", device="d", now=NOW, lease=10)
+    store.finish(a, owner="w", status=S.PENDING, now=NOW, run_at=NOW + 5)
+    store.move(a, to=Place.BACK, now=NOW)
+    store.promote_due(now=NOW + 5)
+    assert queued_ids(store) == [b, c, a]
+
+
+# -- model affinity (core.affinity.pick, applied inside the claim) ---------------------------------
+
+
+def on(model: str | None, priority: int = 1) -> JobSpec:
+    return replace(spec(f"for {model}", priority=priority), model=model)
+
+
+def take(store: Store, loaded: set[str | None], affinity: int) -> int | None:
+    claimed = store.claim(owner="w", device="d", now=NOW, lease=10, loaded=loaded, affinity=affinity)
+    return claimed[0].id if claimed else None
+
+
+def test_claim_stores_and_returns_the_model(store: Store) -> None:
+    a, none = store.add([on("a"), on(None)], batch_keys=[None, None], now=NOW)
+    assert (a.model, none.model) == ("a", None) and store.get(a.id).model == "a"
+    assert store.claim(owner="w", device="d", now=NOW, lease=10)[0].model == "a"
+
+
+def test_affinity_takes_a_loaded_model_within_n_places_of_its_priority(store: Store) -> None:
+    jobs = store.add([on("a"), on("a"), on("b"), on("b", priority=0)], batch_keys=[None] * 4, now=NOW)
+    assert take(store, {"b"}, affinity=1) == jobs[0].id  # b is 2 places behind the head: too far
+    assert take(store, {"b"}, affinity=1) == jobs[2].id  # now 1 place behind: taken first
+    assert take(store, {"b"}, affinity=5) == jobs[1].id  # the low-priority b is never taken early
+    assert take(store, {"b"}, affinity=5) == jobs[3].id
+
+
+def test_affinity_zero_or_nothing_loaded_is_strict_order(store: Store) -> None:
+    jobs = store.add([on("a"), on("b"), on("b")], batch_keys=[None] * 3, now=NOW)
+    assert take(store, {"b"}, affinity=0) == jobs[0].id
+    assert take(store, set(), affinity=4) == jobs[1].id
+
+
+def test_affinity_passes_a_job_over_at_most_n_times(store: Store) -> None:
+    first, *bs = store.add([on("a"), *[on("b") for _ in range(5)]], batch_keys=[None] * 6, now=NOW)
+    order = [take(store, {"b"}, affinity=2) for _ in range(6)]
+    assert order == [bs[0].id, bs[1].id, first.id, bs[2].id, bs[3].id, bs[4].id]
+
+
+def test_a_requeued_job_starts_its_count_again(store: Store) -> None:
+    a, b = store.add([on("a"), on("b")], batch_keys=[None, None], now=NOW)
+    assert take(store, {"b"}, affinity=1) == b.id  # a passed once: at the bound
+    store.finish(b.id, owner="w", status=JobStatus.ERROR, now=NOW, error="x")
+    assert store.requeue(b.id, now=NOW).id == b.id  # b goes to the end of the queue
+    (c,) = store.add([on("c")], batch_keys=[None], now=NOW)
+    assert take(store, {"c"}, affinity=1) == a.id  # a may not be passed again
+    store.finish(a.id, owner="w", status=JobStatus.ERROR, now=NOW, error="x")
+    assert take(store, {"c"}, affinity=1) == c.id  # b (count 0 again) is passed
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("affinity", [1, 3])
+def test_affinity_claims_follow_the_core_rule(store: Store, seed: int, affinity: int) -> None:
+    """Random queues and loaded models: every claim is the one ``pick`` makes, and no job starts
+    after more than ``affinity`` jobs that were behind it."""
+    rng = random.Random(seed)
+    specs = [on(rng.choice(["a", "b", "c", None]), priority=rng.choice([1, 1, 2])) for _ in range(40)]
+    added = store.add(specs, batch_keys=[None] * len(specs), now=NOW)
+    waiting = sorted(added, key=lambda r: r.order_key)
+    passed = {r.id: 0 for r in added}
+    started: list[JobRecord] = []
+    while waiting:
+        loaded = set(rng.sample(["a", "b", "c", None], rng.randint(0, 2)))
+        head = [Waiting(r.priority, r.model, passed[r.id]) for r in waiting[: affinity + 1]]
+        k = pick(head, loaded=loaded, affinity=affinity)
+        assert take(store, loaded, affinity) == waiting[k].id
+        for r in waiting[:k]:
+            passed[r.id] += 1
+        started.append(waiting.pop(k))
+    # counted from the order the jobs started in: how many that were behind each job went first
+    overtaken = [sum(o.order_key > r.order_key for o in started[:i]) for i, r in enumerate(started)]
+    assert 0 < max(overtaken) <= affinity

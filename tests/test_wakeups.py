@@ -170,15 +170,15 @@ def test_a_row_changed_by_a_write_that_drew_earlier_gets_a_newer_revision(
     assert isinstance(later, int) and updated.revision > later  # type: ignore[attr-defined]
 
 
-def test_a_version_2_database_counts_on_from_its_counter(pg_db_url: str) -> None:
+def test_a_database_from_before_the_sequence_counts_on_from_its_counter(pg_db_url: str) -> None:
     store = SQLStore(pg_db_url)
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
-    with store.engine.begin() as conn:  # back to schema 2: revisions from the counter row
+    with store.engine.begin() as conn:  # back to the schema before: revisions from the counter row
         conn.exec_driver_sql("DROP TRIGGER imgnb_job_restamp ON imgnb_job")
         conn.exec_driver_sql("DROP FUNCTION imgnb_job_restamp()")
         conn.exec_driver_sql("DROP SEQUENCE imgnb_revision")
         conn.exec_driver_sql("UPDATE imgnb_job SET revision = 40")
-        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 2, revision = 41")
+        conn.exec_driver_sql(f"UPDATE imgnb_meta SET schema_version = {SCHEMA_VERSION - 1}, revision = 41")
     store.close()
     upgraded = SQLStore(pg_db_url)
     try:

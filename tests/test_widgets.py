@@ -418,10 +418,12 @@ async def test_board_of_a_thousand_queued_jobs_lists_twenty_and_redraws_from_mem
     jobs = q.submit_batch([{"prompt": f"prompt {i} <x>"} for i in range(1000)])
     board = q.widget()
     assert isinstance(board, QueueBoard)
-    listed = board.queued_html.value
-    assert listed.count("<tr>") == 20 and "+980 more" in listed
-    assert "1st" in listed and "20th" in listed and "21st" not in listed
-    assert "prompt 0 &lt;x&gt;" in listed and "<x>" not in listed
+    with_buttons = [row.children[0].value for row in board.queued_box.children]  # the first five, with buttons
+    listed = board.queued_html.value  # the next fifteen, as a table
+    assert len(with_buttons) == 5 and "1st" in with_buttons[0] and "5th" in with_buttons[4]
+    assert listed.count("<tr>") == 15 and "+980 more" in listed
+    assert ">6th<" in listed and ">20th<" in listed and ">21st<" not in listed and ">5th<" not in listed
+    assert "prompt 0 &lt;x&gt;" in with_buttons[0] and "prompt 5 &lt;x&gt;" in listed and "<x>" not in listed
     assert "<b>1,000</b> queued" in board.header_html.value and "<b>0</b> complete" in board.header_html.value
     jobs[0].cancel()
     await settled(board)
@@ -435,7 +437,8 @@ async def test_board_of_a_thousand_queued_jobs_lists_twenty_and_redraws_from_mem
     monkeypatch.undo()
     board.max_queued = 5
     await settled(board)
-    assert board.queued_html.value.count("<tr>") == 5 and "+994 more" in board.queued_html.value
+    assert len(board.queued_box.children) == 5 and "<tr>" not in board.queued_html.value
+    assert "+994 more" in board.queued_html.value
 
 
 async def test_board_pause_and_resume_buttons(comms: list[DummyComm], make_queue: MakeQueue, db_path: str) -> None:
@@ -559,3 +562,92 @@ async def test_live_preview_in_the_card_and_the_board_then_the_result(
     assert len(greys) > 10  # the preview followed the steps
     assert job.preview is None  # the result replaces it
     await until(lambda: card.thumbnail.format == "png" and bytes(card.thumbnail.value).startswith(b"\x89PNG"))
+
+
+# -- QueueBoard over a long history: buttons, pruning, and reads that cost a page ----------------------
+
+
+def row_labels(board: QueueBoard) -> list[str]:
+    return [row.children[0].value for row in board.queued_box.children]
+
+
+async def test_board_row_buttons_cancel_and_move_to_the_front(
+    comms: list[DummyComm], make_queue: MakeQueue, db_path: str
+) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), start=False)
+    jobs = q.submit_batch([{"prompt": f"job {i}"} for i in range(8)])
+    board = QueueBoard(q)
+    rows = board.queued_box.children
+    assert len(rows) == 5 and "#1 job 0" in row_labels(board)[0]
+    (_, first_front, _), (_, second_front, second_cancel) = rows[0].children, rows[1].children
+    assert first_front.disabled and not second_front.disabled  # the first is at the front already
+    second_cancel.click()  # job 1
+    assert jobs[1].status is JobStatus.CANCELLED and jobs[0].position == 1 and jobs[2].position == 2
+    await settled(board)
+    assert "#3 job 2" in row_labels(board)[1] and "<b>1</b> cancelled" in board.header_html.value
+    board.queued_box.children[3].children[1].click()  # "To front" of the 4th: job 4
+    assert jobs[4].position == 1
+    await settled(board)
+    assert "1st" in row_labels(board)[0] and "#5 job 4" in row_labels(board)[0]
+    assert ">6th<" in board.queued_html.value and ">job 7<" in board.queued_html.value
+    q.start()
+    await jobs[4]
+    assert q.jobs(status="complete")[0].id == jobs[4].id  # it ran first
+
+
+async def test_board_retry_failed_button_and_a_refusal_notice(
+    comms: list[DummyComm], make_queue: MakeQueue, db_path: str
+) -> None:
+    q = make_queue(db_path, generator=FakeGenerator())
+    board = QueueBoard(q)
+    assert board.retry_failed_button.disabled  # nothing failed
+    failed = [q.submit(f"fail {i}", max_retries=0) for i in range(3)]
+    await until(lambda: all(j.status is JobStatus.ERROR for j in failed))
+    await until(lambda: not board.retry_failed_button.disabled)
+    q.pause()
+    board.retry_failed_button.click()
+    assert all(j.status is JobStatus.QUEUED for j in failed) and [j.position for j in failed] == [1, 2, 3]
+    await until(lambda: board.retry_failed_button.disabled and "<b>0</b> error" in board.header_html.value)
+    first_cancel = board.queued_box.children[0].children[2]
+    failed[0].cancel()  # gone before the board redrew: the button is refused, and says why
+    first_cancel.click()
+    await settled(board)
+    assert "cannot go from &#x27;cancelled&#x27;" in board.header_html.value
+
+
+async def test_board_opens_from_counts_and_pages_not_every_job(
+    comms: list[DummyComm], make_queue: MakeQueue, db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = make_queue(db_path, generator=FakeGenerator(), start=False)
+    jobs = q.submit_batch([{"prompt": f"old {i}"} for i in range(3000)])
+    assert q.cancel_all() == 3000
+    listed: list[dict[str, object]] = []
+    real = q.store.list_jobs
+
+    def spy(**kwargs: Any) -> list[JobRecord]:
+        listed.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(q.store, "list_jobs", spy)
+    board = QueueBoard(q)
+    assert [k["status"] for k in listed] == [JobStatus.PROCESSING]  # the running ones only
+    assert "<b>3,000</b> cancelled" in board.header_html.value
+    assert len(board.recent_box.children) == 8 and f"#{jobs[-1].id} " in board.recent_box.children[0].children[1].value
+
+
+async def test_pruned_jobs_leave_the_board_here_and_from_another_process(
+    comms: list[DummyComm], make_queue: MakeQueue, db_path: str
+) -> None:
+    q = make_queue(db_path, generator=FakeGenerator())
+    board = QueueBoard(q)
+    done = [q.submit(f"done {i}") for i in range(6)]
+    for job in done:
+        await job
+    await until(lambda: len(board.recent_box.children) == 6 and "<b>6</b> complete" in board.header_html.value)
+    assert q.prune(keep_last=4) == 2
+    await until(lambda: len(board.recent_box.children) == 4 and "<b>4</b> complete" in board.header_html.value)
+    other = make_queue(db_path, start=False)  # another process prunes: seen at the next second's read
+    assert other.prune(keep_last=1) == 3
+    await until(lambda: len(board.recent_box.children) == 1 and "<b>1</b> complete" in board.header_html.value)
+    caption = board.recent_box.children[0].children[1].value
+    assert f"#{done[-1].id} " in caption

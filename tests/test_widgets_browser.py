@@ -38,7 +38,7 @@ def test_card_and_board_render_and_update_in_jupyterlab(lab: LabPage) -> None:
     expect(card).to_contain_text("2nd in queue")
     expect(card).to_contain_text("a <b>blue</b> whale")  # escaped: shown as typed
     expect(board).to_contain_text("4 queued")
-    expect(board).to_contain_text("paused")
+    expect(board).to_contain_text("not started")
     lab.screenshot("before-start")
     lab.run_cell(4)
     expect(card).to_contain_text(re.compile(r"step \d+/30"), timeout=30_000)  # the bar follows the steps

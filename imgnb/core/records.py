@@ -6,14 +6,25 @@ timezone-aware datetimes at the edge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from .ordering import RUN_ORDER, OrderKey, order_key
 from .states import JobStatus
 
-__all__ = ["EventKind", "GenerationRequest", "JobEvent", "JobRecord", "JobSpec"]
+__all__ = [
+    "BulkChange",
+    "DeviceState",
+    "EventKind",
+    "GenerationRequest",
+    "JobEvent",
+    "JobRecord",
+    "JobSpec",
+    "ModelLoad",
+    "RemovedJob",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +39,7 @@ class JobSpec:
     timeout: float | None
     max_retries: int
     metadata: dict[str, Any]
+    model: str | None = None  # the model it runs on, by its name in the queue's models=; None: the only one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +71,7 @@ class JobRecord:
     lease_until: float | None = None
     cancel_requested: bool = False
     batch: str | None = None  # the batched pipeline call it ran in, if any
+    model: str | None = None  # the model it runs on; None: the queue's only (or first) model
     revision: int = 0
 
     @property
@@ -83,6 +96,8 @@ class EventKind(StrEnum):
     STATUS = "status"  # the job changed status (error, attempts and times may have changed with it)
     POSITION = "position"  # its place in the queue moved
     PROGRESS = "progress"  # a generation step finished
+    MODEL = "model"  # the model the running job needs began or ended loading on its device
+    REMOVED = "removed"  # pruned from the database (``status`` is the last one it had)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,3 +112,52 @@ class JobEvent:
     error: str | None
     step: int | None = None
     total_steps: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelLoad:
+    """A model being loaded on a device, for the jobs that wait for it."""
+
+    model: str
+    device: str
+    since: float  # epoch seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceState:
+    """Which models one device of this process holds, and what it is loading."""
+
+    device: str
+    loaded: tuple[str, ...]  # least recently used first
+    loading: ModelLoad | None = None
+    loads: int = 0  # models loaded on it so far (the ones given as pipelines are not counted)
+    load_seconds: float = 0.0  # time those loads took, in all
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemovedJob:
+    """A job a prune deleted: enough to forget it in memory and to delete its image files."""
+
+    id: int
+    status: JobStatus
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BulkChange:
+    """One change made alike to many jobs in one write (a bulk cancel): which jobs, the revision
+    it was stamped with and the fields it set. It says what their records would, at a fraction of
+    the cost: building 100,000 records takes about a second, longer than the write itself."""
+
+    ids: tuple[int, ...]
+    revision: int
+    values: Mapping[str, Any]  # JobRecord field -> the value each of these jobs now has ("status" among them)
+
+    @property
+    def status(self) -> JobStatus:
+        status: JobStatus = self.values["status"]
+        return status
+
+    def applied_to(self, record: JobRecord) -> JobRecord:
+        """``record`` (one of these jobs, as it was) after this change."""
+        return replace(record, revision=self.revision, **self.values)

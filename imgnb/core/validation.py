@@ -17,7 +17,7 @@ import math
 import operator
 import random
 import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, SupportsIndex
 
 from ..errors import InvalidJob, JobNotFound
@@ -29,6 +29,7 @@ __all__ = [
     "MAX_INT64",
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_MODEL_LENGTH",
     "MAX_SEED",
     "ParamsValidator",
     "draw_seed",
@@ -39,12 +40,14 @@ __all__ = [
     "validate_group",
     "validate_job",
     "validate_job_id",
+    "validate_model",
     "validate_patch",
 ]
 
 MAX_INT64 = 2**63 - 1  # the databases' BIGINT: seeds and job ids
 MAX_SEED = MAX_INT64
 MAX_GROUP_LENGTH = 200  # characters; the group column's size
+MAX_MODEL_LENGTH = 200  # characters; the model column's size
 MAX_JSON_DEPTH = 32  # nested lists and dicts in params, metadata or a metadata patch
 MAX_JSON_BYTES = 64 * 1024  # params, metadata or a patch as compact JSON in UTF-8
 ParamsValidator = Callable[[dict[str, Any]], dict[str, Any]]
@@ -186,6 +189,29 @@ def validate_group(group: object, *, item: int | None = None) -> str | None:
     return group
 
 
+def validate_model(model: object, known: Sequence[str] | None, *, item: int | None = None) -> str | None:
+    """The model a job runs on, by name. ``known``: the queue's models; None for a queue that runs
+    no jobs itself (other processes do), which takes any name; empty for one that runs a single
+    unnamed generator, which takes none. With one model the name may be left out (None)."""
+    if known is None:
+        if model is None:
+            return None
+        if not isinstance(model, str) or not model or len(model) > MAX_MODEL_LENGTH:
+            raise invalid("model", model, f"None or a model name of 1 to {MAX_MODEL_LENGTH} characters", item=item)
+        _check_text("model", model, item=item)
+        return model
+    if not known:
+        if model is None:
+            return None
+        raise invalid("model", model, "None: this queue runs one generator, which has no model name", item=item)
+    if model is None and len(known) == 1:
+        return known[0]
+    if isinstance(model, str) and model in known:
+        return model
+    names = ", ".join(repr(name) for name in known)
+    raise invalid("model", model, f"one of this queue's models: {names}", item=item)
+
+
 def validate_job_id(job_id: object) -> int:
     """A job id as the database can hold it: ``JobNotFound`` for an integer no job can have."""
     if isinstance(job_id, bool) or not isinstance(job_id, SupportsIndex):
@@ -222,9 +248,11 @@ def validate_job(
     seed: object = None,
     params: Mapping[str, Any],
     check_params: ParamsValidator | None = None,
+    model: str | None = None,
     item: int | None = None,
 ) -> JobSpec:
-    """Turn one submission into a ``JobSpec`` or raise ``InvalidJob``."""
+    """Turn one submission into a ``JobSpec`` or raise ``InvalidJob``. ``model`` was checked by
+    ``validate_model`` first, and ``check_params`` is that model's."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise invalid("prompt", prompt, "a non-empty string", item=item)
     _check_text("prompt", prompt, item=item)
@@ -260,4 +288,5 @@ def validate_job(
         timeout=seconds,
         max_retries=max_retries,
         metadata=stored_metadata,
+        model=model,
     )

@@ -32,7 +32,6 @@ between two generators that may run concurrently.
 
 from __future__ import annotations
 
-import gc
 import inspect
 import json
 import logging
@@ -50,13 +49,14 @@ from ..core.validation import invalid
 from ..errors import InvalidJob, UnsupportedPipeline
 from .base import OnStep
 from .denoised import DenoisedTap
+from .loading import free_memory
 from .preview import Previewer
 
 if TYPE_CHECKING:
     from diffusers.pipelines.pipeline_utils import DiffusionPipeline
     from PIL.Image import Image
 
-__all__ = ["DiffusersGenerator"]
+__all__ = ["DiffusersGenerator", "PipelineParams"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ _OWNED = frozenset(
 
 _STEPS = "steps"
 
-Check = Callable[["DiffusersGenerator", str, Any], Any]
+Check = Callable[["PipelineParams", str, Any], Any]
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -93,37 +93,37 @@ def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_steps(gen: DiffusersGenerator, field: str, value: Any) -> int:
+def _check_steps(gen: PipelineParams, field: str, value: Any) -> int:
     if not _is_int(value) or not 1 <= value <= gen.max_steps:
         raise invalid(field, value, f"an integer from 1 to {gen.max_steps}")
     return int(value)
 
 
-def _check_size(gen: DiffusersGenerator, field: str, value: Any) -> int:
+def _check_size(gen: PipelineParams, field: str, value: Any) -> int:
     if not _is_int(value) or value <= 0 or value % gen.size_multiple:
         raise invalid(field, value, f"a positive multiple of {gen.size_multiple} (pixels)")
     return int(value)
 
 
-def _check_non_negative(gen: DiffusersGenerator, field: str, value: Any) -> float:
+def _check_non_negative(gen: PipelineParams, field: str, value: Any) -> float:
     if not _is_real(value) or value < 0:
         raise invalid(field, value, "a finite number >= 0")
     return float(value)
 
 
-def _check_count(gen: DiffusersGenerator, field: str, value: Any) -> int:
+def _check_count(gen: PipelineParams, field: str, value: Any) -> int:
     if not _is_int(value) or value < 1:
         raise invalid(field, value, "an integer >= 1")
     return int(value)
 
 
-def _check_clip_skip(gen: DiffusersGenerator, field: str, value: Any) -> int:
+def _check_clip_skip(gen: PipelineParams, field: str, value: Any) -> int:
     if not _is_int(value) or value < 0:
         raise invalid(field, value, "an integer >= 0 (text-encoder layers to skip)")
     return int(value)
 
 
-def _check_text(gen: DiffusersGenerator, field: str, value: Any) -> str:
+def _check_text(gen: PipelineParams, field: str, value: Any) -> str:
     if not isinstance(value, str):
         raise invalid(field, value, "a string")
     return value
@@ -159,6 +159,106 @@ def _is_text(name: str) -> bool:
     return name == "negative_prompt" or (stem.startswith("prompt_") and stem.removeprefix("prompt_").isdigit())
 
 
+class PipelineParams:
+    """The job parameters one pipeline takes, read from its class's ``__call__`` signature, and their checks.
+
+    A ``DiffusersGenerator`` has the exact ones of its pipeline (``job_params``). ``of_class`` makes them
+    from a pipeline class alone, so that jobs for a model not loaded yet are checked at submit (a
+    loader declares its class with ``imgnb.loader``): the class says which parameters exist and how
+    each is checked, but not the pipeline's size grid nor its scheduler's training steps, which are
+    then taken as the common 8 pixels and 1000 steps, and checked exactly again when the job runs.
+    A class without ``callback_on_step_end`` is refused with ``UnsupportedPipeline``.
+    """
+
+    def __init__(
+        self,
+        pipeline_class: type,
+        parameters: Mapping[str, inspect.Parameter],
+        *,
+        max_steps: int = 1000,
+        size_multiple: int = 8,
+    ) -> None:
+        missing = [arg for arg in _REQUIRED if arg not in parameters]
+        if missing:
+            raise UnsupportedPipeline(
+                f"{pipeline_class.__name__}.__call__ lacks {', '.join(missing)}: imgnb needs {', '.join(_REQUIRED)}. "
+                "callback_on_step_end is how imgnb reports each step and stops a cancelled or timed-out job before "
+                "the next one; the older callback/callback_steps cannot stop a run before the image is decoded."
+            )
+        self.pipeline_name = pipeline_class.__name__
+        self.parameters = parameters
+        self.accepted = frozenset(
+            arg
+            for arg, param in parameters.items()
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+            and arg not in _OWNED
+            and not arg.endswith("_embeds")
+        ) | {_STEPS}
+        default_steps = parameters["num_inference_steps"].default
+        self.default_steps: int = default_steps if _is_int(default_steps) else 50
+        self.max_steps = max_steps
+        self.size_multiple = size_multiple
+
+    @classmethod
+    def of_class(cls, pipeline_class: type) -> PipelineParams:
+        """From the class alone: nothing is loaded or built."""
+        parameters = list(inspect.signature(pipeline_class.__call__).parameters.values())[1:]  # without self
+        return cls(pipeline_class, {p.name: p for p in parameters})
+
+    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a job's parameters; returns them under the user's names, numbers normalised.
+
+        ``None`` means "the pipeline's default" and is dropped.
+        """
+        checked: dict[str, Any] = {}
+        for field, value in params.items():
+            if field not in self.accepted:
+                raise self._unknown(field, value)
+            if value is None:
+                continue
+            if field in _CHECKS:
+                checked[field] = _CHECKS[field](self, field, value)
+            elif _is_text(field):
+                checked[field] = _check_text(self, field, value)
+            else:
+                checked[field] = value
+        self._check_true_cfg(checked)
+        return checked
+
+    def _check_true_cfg(self, params: Mapping[str, Any]) -> None:
+        """FLUX.1 and QwenImage use a negative prompt only with ``true_cfg_scale > 1`` (two model passes
+        a step); below, they ignore it without a word. Refuse the job rather than ignore what it asked."""
+        if "true_cfg_scale" not in self.parameters:
+            return
+        scale = params.get("true_cfg_scale", self.parameters["true_cfg_scale"].default)
+        for field, value in params.items():
+            if field.startswith("negative_prompt") and _is_text(field) and not (_is_real(scale) and scale > 1):
+                why = f"only with true_cfg_scale > 1 ({self.pipeline_name} ignores it otherwise)"
+                raise invalid(field, value, why)
+
+    def _unknown(self, field: str, value: object) -> InvalidJob:
+        names = ", ".join(sorted(self.accepted))
+        if field == "num_inference_steps":
+            return invalid(field, value, f"give it as {_STEPS}=...")
+        if field in _OWNED or field.endswith("_embeds"):
+            return invalid(field, value, f"not a job parameter (imgnb sets it); job parameters: {names}")
+        return invalid(field, value, f"a parameter {self.pipeline_name} takes: {names}")
+
+    def batch_key(self, model: str, request: GenerationRequest) -> str | None:
+        """Equal for requests to ``model`` whose parameters agree except for their prompts, texts and seeds."""
+        try:
+            return self.key(model, self.validate(request.params))
+        except (InvalidJob, TypeError, ValueError):
+            return None  # it runs alone, and fails there with its own error
+
+    @staticmethod
+    def key(model: str, params: Mapping[str, Any]) -> str:
+        shared = {field: value for field, value in params.items() if not _is_text(field)}
+        texts = sorted(field for field in params if _is_text(field))
+        key = {"model": model, "params": shared, "texts": texts}
+        return json.dumps(key, sort_keys=True, allow_nan=False)
+
+
 class DiffusersGenerator:
     """Runs queue jobs on a diffusers pipeline: ``DiffusersGenerator(pipe)``.
 
@@ -185,14 +285,14 @@ class DiffusersGenerator:
         preview_interval: float = 0.25,
         preview_vae: Any = None,
     ) -> None:
-        signature = inspect.signature(pipeline.__call__)
-        missing = [arg for arg in _REQUIRED if arg not in signature.parameters]
-        if missing:
-            raise UnsupportedPipeline(
-                f"{type(pipeline).__name__}.__call__ lacks {', '.join(missing)}: imgnb needs {', '.join(_REQUIRED)}. "
-                "callback_on_step_end is how imgnb reports each step and stops a cancelled or timed-out job before "
-                "the next one; the older callback/callback_steps cannot stop a run before the image is decoded."
-            )
+        scheduler_config = getattr(getattr(pipeline, "scheduler", None), "config", None)
+        self.job_params = PipelineParams(
+            type(pipeline),
+            inspect.signature(pipeline.__call__).parameters,
+            max_steps=int(getattr(scheduler_config, "num_train_timesteps", None) or 1000),
+            size_multiple=self._size_multiple(pipeline),
+        )
+        """The job parameters the pipeline takes, and their checks."""
         runs_on = self._execution_device(pipeline)
         if device is not None and torch.device(device).type != runs_on.type:
             raise ValueError(f"device={device!r} but the pipeline runs on {runs_on}; move it with pipe.to({device!r})")
@@ -201,19 +301,6 @@ class DiffusersGenerator:
         self.pipeline = pipeline
         self.device = device if device is not None else str(runs_on)
         self.name: str = name or getattr(pipeline, "name_or_path", None) or type(pipeline).__name__
-        self._parameters = signature.parameters
-        self._accepted = frozenset(
-            arg
-            for arg, param in signature.parameters.items()
-            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
-            and arg not in _OWNED
-            and not arg.endswith("_embeds")
-        ) | {_STEPS}
-        default_steps = signature.parameters["num_inference_steps"].default
-        self.default_steps: int = default_steps if _is_int(default_steps) else 50
-        scheduler_config = getattr(getattr(pipeline, "scheduler", None), "config", None)
-        self.max_steps: int = int(getattr(scheduler_config, "num_train_timesteps", None) or 1000)
-        self.size_multiple: int = self._size_multiple(pipeline)
         self.preview_interval = float(preview_interval)
         self.previewer: Previewer | None = None
         """Makes the previews; None when they are off. ``previewer.format`` names the latent map in use."""
@@ -254,7 +341,19 @@ class DiffusersGenerator:
     @property
     def parameters(self) -> frozenset[str]:
         """The parameter names a job may give."""
-        return self._accepted
+        return self.job_params.accepted
+
+    @property
+    def default_steps(self) -> int:
+        return self.job_params.default_steps
+
+    @property
+    def max_steps(self) -> int:
+        return self.job_params.max_steps
+
+    @property
+    def size_multiple(self) -> int:
+        return self.job_params.size_multiple
 
     # -- validation and batching ---------------------------------------------------------------
 
@@ -263,53 +362,14 @@ class DiffusersGenerator:
 
         ``None`` means "the pipeline's default" and is dropped.
         """
-        checked: dict[str, Any] = {}
-        for field, value in params.items():
-            if field not in self._accepted:
-                raise self._unknown(field, value)
-            if value is None:
-                continue
-            if field in _CHECKS:
-                checked[field] = _CHECKS[field](self, field, value)
-            elif _is_text(field):
-                checked[field] = _check_text(self, field, value)
-            else:
-                checked[field] = value
-        self._check_true_cfg(checked)
-        return checked
-
-    def _check_true_cfg(self, params: Mapping[str, Any]) -> None:
-        """FLUX.1 and QwenImage use a negative prompt only with ``true_cfg_scale > 1`` (two model passes
-        a step); below, they ignore it without a word. Refuse the job rather than ignore what it asked."""
-        if "true_cfg_scale" not in self._parameters:
-            return
-        scale = params.get("true_cfg_scale", self._parameters["true_cfg_scale"].default)
-        for field, value in params.items():
-            if field.startswith("negative_prompt") and _is_text(field) and not (_is_real(scale) and scale > 1):
-                why = f"only with true_cfg_scale > 1 ({type(self.pipeline).__name__} ignores it otherwise)"
-                raise invalid(field, value, why)
-
-    def _unknown(self, field: str, value: object) -> InvalidJob:
-        names = ", ".join(sorted(self._accepted))
-        if field == "num_inference_steps":
-            return invalid(field, value, f"give it as {_STEPS}=...")
-        if field in _OWNED or field.endswith("_embeds"):
-            return invalid(field, value, f"not a job parameter (imgnb sets it); job parameters: {names}")
-        return invalid(field, value, f"a parameter {type(self.pipeline).__name__} takes: {names}")
+        return self.job_params.validate(params)
 
     def batch_key(self, request: GenerationRequest) -> str | None:
         """Equal for requests whose parameters agree except for their prompts, texts and seeds."""
-        try:
-            params = self.validate_params(request.params)
-            return self._key(params)
-        except (InvalidJob, TypeError, ValueError):
-            return None  # it runs alone, and fails there with its own error
+        return self.job_params.batch_key(self.name, request)
 
     def _key(self, params: Mapping[str, Any]) -> str:
-        shared = {field: value for field, value in params.items() if not _is_text(field)}
-        texts = sorted(field for field in params if _is_text(field))
-        key = {"model": self.name, "params": shared, "texts": texts}
-        return json.dumps(key, sort_keys=True, allow_nan=False)
+        return self.job_params.key(self.name, params)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -429,7 +489,7 @@ class DiffusersGenerator:
                 continue
             name = "num_inference_steps" if field == _STEPS else field
             # JSON has no tuples; SDXL's size conditioning adds tuples together.
-            if isinstance(value, list) and "tuple" in str(self._parameters[name].annotation):
+            if isinstance(value, list) and "tuple" in str(self.job_params.parameters[name].annotation):
                 value = tuple(value)
             kwargs[name] = value
         return kwargs
@@ -467,9 +527,4 @@ class DiffusersGenerator:
     def _free_memory(self, exc: BaseException) -> None:
         # The traceback's frames hold the call's tensors; the cache can only be emptied once they go.
         traceback.clear_frames(exc.__traceback__)
-        gc.collect()
-        kind = self._execution_device(self.pipeline).type
-        if kind == "cuda" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        elif kind == "mps" and torch.backends.mps.is_available():
-            torch.mps.empty_cache()
+        free_memory(str(self._execution_device(self.pipeline)))

@@ -12,6 +12,7 @@ the ``imgnb`` chunk only. Validation has already refused what UTF-8 cannot hold.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,9 @@ from ..core.records import GenerationRequest
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["load_images", "save_images"]
+__all__ = ["delete_images", "load_images", "save_images"]
+
+log = logging.getLogger("imgnb")
 
 
 def _is_keyword(name: str) -> bool:
@@ -93,3 +96,19 @@ def load_images(paths: Sequence[str]) -> list[Image]:
             im.load()
             images.append(im.copy() if im.mode == "RGB" else im.convert("RGB"))
     return images
+
+
+def delete_images(paths: Sequence[str]) -> int:
+    """Delete the image files of pruned jobs; returns how many were deleted. One already gone is
+    skipped, and one that cannot be deleted is logged, not raised: the jobs are gone already."""
+    deleted = 0
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("imgnb: could not delete the image %s of a pruned job: %s", path, exc.strerror)
+            continue
+        deleted += 1
+    return deleted

@@ -13,35 +13,46 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import logging
 import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..core.editing import EDITABLE_STATUSES, Place
+from ..core.history import Retention, prunable_statuses, prune_rule
 from ..core.leases import LeasePolicy
 from ..core.owners import dead_on_host
-from ..core.records import EventKind, GenerationRequest, JobEvent, JobRecord, JobSpec
+from ..core.records import DeviceState, EventKind, JobEvent, JobRecord, JobSpec, ModelLoad, RemovedJob
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
-from ..core.validation import ParamsValidator, invalid, validate_job, validate_patch
-from ..errors import JobInterrupted, QueueClosed, QueueConfigError
-from ..gen.base import BatchGenerator, Generator, ParamsChecker
+from ..core.table import TIME_COLUMNS, columns, job_row
+from ..core.validation import invalid, parse_priority, validate_job, validate_patch
+from ..errors import JobInterrupted, MissingExtra, QueueClosed, QueueConfigError
+from ..gen.base import Generator
 from ..store import SQLStore, Store
 from .events import EventBus, Subscriber
+from .files import delete_images as delete_images_of
 from .job import Job, JobState
 from .loop import DaemonExecutor, QueueLoop, keep_running
 from .mirror import QueueMirror
+from .models import ModelCatalog
 from .processes import alive, host_name, new_owner
-from .worker import DeviceWorker, WorkerContext
+from .worker import STOP_WAIT, DeviceWorker, WorkerContext
 
 if TYPE_CHECKING:
+    import pandas
     from PIL.Image import Image
 
     from ..widgets import QueueBoard
+    from ..widgets.grid import SweepGrid
 
 __all__ = ["ImageQueue"]
+
+log = logging.getLogger("imgnb")
 
 _OPEN: weakref.WeakSet[ImageQueue] = weakref.WeakSet()
 
@@ -61,38 +72,33 @@ _CATCH_UP_RETRY = 0.005  # seconds before an announced write a read did not reac
 _CATCH_UP_BURST, _CATCH_UP_GAP = 4, 0.05  # reads for announced writes: 4 at once, at most 20 a second
 
 
-def _generators(generator: Any, pipeline: Any, *, previews: bool, preview_interval: float) -> dict[str, Generator]:
-    """Device name -> generator, from ``generator=`` or ``pipeline=`` (one, or a dict by device)."""
-    if generator is not None and pipeline is not None:
-        raise QueueConfigError("give generator= or pipeline=, not both")
-    gens: Mapping[Any, Any]
-    if pipeline is not None:
-        from ..gen.diffusers_gen import DiffusersGenerator
-
-        pipes = pipeline if isinstance(pipeline, Mapping) else {None: pipeline}
-        # the adapter names the device the pipeline computes on (its execution device, which
-        # differs from ``pipe.device`` under model offloading): that is the device to lock
-        gens = {
-            d: DiffusersGenerator(p, previews=previews, preview_interval=preview_interval) for d, p in pipes.items()
-        }
-    elif generator is None:
-        return {}
-    else:
-        gens = generator if isinstance(generator, Mapping) else {None: generator}
-    for g in gens.values():
-        if not callable(g):
-            raise QueueConfigError(
-                f"generator={g!r} is invalid; allowed: a callable generator(request, on_step) -> images"
-            )
-    return {str(d if d is not None else getattr(g, "device", "default")): g for d, g in gens.items()}
-
-
 class ImageQueue:
     """A persistent queue of text-to-image jobs, run one at a time per device.
 
     ``db`` is an SQLite file path (created with its folder) or an SQLAlchemy URL such as
     ``postgresql+psycopg://user@host/db``; several processes may share one database. Without a
-    generator or pipeline the queue only stores and watches jobs (other processes run them).
+    generator, pipeline or models the queue only stores and watches jobs (other processes run them).
+
+    What runs the jobs, one of:
+
+    - ``pipeline=pipe``: one diffusers pipeline (or a dict of them by device), the one-model
+      shortcut; the model is named after ``pipe.name_or_path``, or ``"default"`` when it has none.
+    - ``models={"sd15": load_sd15, "sdxl": load_sdxl}``: several models by name, each a pipeline,
+      a generator, or a loader ``load(device) -> pipeline`` called when a job first needs that
+      model on a device (see ``imgnb.gen.loading``; declare a loader's pipeline class with
+      ``@imgnb.loader(StableDiffusionXLPipeline)`` and jobs for it are checked at submit without
+      loading it; otherwise only as JSON, and against the pipeline when they run). Jobs name their
+      model with ``submit(..., model="sdxl")``; jobs stored without one run on the first model.
+    - ``generator=``: any ``generator(request, on_step) -> images`` (or a dict by device), unnamed.
+
+    ``devices`` lists the devices that run jobs, one worker and one lock each (default: the
+    pipeline's device, or the accelerator torch sees, else ``"cpu"``). A device keeps at most
+    ``max_loaded`` models its loaders made: loading another unloads the least recently used one
+    first and gives its memory back. A job's timeout does not count the time its model took to load.
+
+    ``affinity`` (default 0: strict order) lets a worker whose device holds a model take a job for
+    that model up to ``affinity`` places behind the head of the queue, at the head's priority, to
+    save a reload; no job is passed over more than ``affinity`` times (see ``core.affinity``).
     """
 
     def __init__(
@@ -101,6 +107,10 @@ class ImageQueue:
         *,
         generator: Generator | Mapping[str, Generator] | None = None,
         pipeline: Any = None,
+        models: Mapping[str, Any] | None = None,
+        devices: Iterable[str] | None = None,
+        max_loaded: int = 1,
+        affinity: int = 0,
         start: bool = True,
         images_dir: str | os.PathLike[str] | None = None,
         batch_size: int = 1,
@@ -109,22 +119,34 @@ class ImageQueue:
         store: Store | None = None,
         previews: bool = True,
         preview_interval: float = 0.25,
+        keep: Retention | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise QueueConfigError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1 (1: batching off)")
         if not (isinstance(preview_interval, (int, float)) and preview_interval > 0):
             raise QueueConfigError(f"preview_interval={preview_interval!r} is invalid; allowed: seconds > 0")
-        generators = _generators(generator, pipeline, previews=previews, preview_interval=float(preview_interval))
+        if keep is not None and not isinstance(keep, Retention):
+            raise QueueConfigError(f"keep={keep!r} is invalid; allowed: None (keep every job) or imgnb.Retention(...)")
+        self.keep = keep  # automatic pruning, on open and then every keep.every seconds
+        self._next_retention = 0.0  # monotonic time of the next automatic prune
+        for name, value in (("max_loaded", max_loaded), ("affinity", affinity)):
+            least = 1 if name == "max_loaded" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise QueueConfigError(f"{name}={value!r} is invalid; allowed: an integer >= {least}")
+        self._catalog = ModelCatalog(
+            generator=generator,
+            pipeline=pipeline,
+            models=models,
+            devices=list(devices) if devices is not None else None,
+            previews=previews,
+            preview_interval=float(preview_interval),
+        )
         self.retry_policy = retry_policy or RetryPolicy()
         self.lease_policy = lease or LeasePolicy()
         self.host = host_name()
         self.owner = str(new_owner())  # host:pid:process start:token, so same-host death is seen at once
         self.store: Store = store or SQLStore(os.fspath(db))
         self.images_dir = Path(images_dir) if images_dir is not None else self.store.default_images_dir()
-        self._check_params: ParamsValidator | None = next(
-            (g.validate_params for g in generators.values() if isinstance(g, ParamsChecker)), None
-        )
-        self._batch_key = next((g.batch_key for g in generators.values() if isinstance(g, BatchGenerator)), None)
         self._batching = batch_size > 1
         # A queue of this host that died (killed, crashed) left its jobs processing: take them back
         # now, before the first claim, so the interrupted job is the next to run at its old place.
@@ -133,6 +155,7 @@ class ImageQueue:
         self._handles: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
         self._steps: dict[int, tuple[int, int]] = {}
         self._previews: dict[int, Image] = {}  # the latest preview of each job running here
+        self._loading: dict[int, ModelLoad] = {}  # the model load each job running here waits for
         self._loop = QueueLoop()
         self._bus = EventBus()
         self._db_executor = DaemonExecutor("imgnb-db")
@@ -160,10 +183,18 @@ class ImageQueue:
             call_on_loop=self._loop.call,
             may_claim=lambda: self._started and not self._paused and not self._closed,
             wait_for_work=self._idle,
+            report_loading=self._on_loading,
         )
         self._workers = [
-            DeviceWorker(context, device=d, lock_name=f"{self.host}/{d}", generator=g, batch_size=batch_size)
-            for d, g in generators.items()
+            DeviceWorker(
+                context,
+                device=d,
+                lock_name=f"{self.host}/{d}",
+                models=self._catalog.for_device(d, max_loaded=max_loaded),
+                batch_size=batch_size,
+                affinity=affinity,
+            )
+            for d in self._catalog.devices
         ]
         _OPEN.add(self)
         self._run_on_loop(self._start_background)
@@ -243,6 +274,16 @@ class ImageQueue:
     def devices(self) -> list[str]:
         return [w.device for w in self._workers]
 
+    @property
+    def models(self) -> list[str]:
+        """The names of the models this queue runs, in the order given (the first runs the jobs
+        stored without one); empty for a ``generator=`` queue and one that runs no jobs."""
+        return list(self._catalog.names)
+
+    def device_states(self) -> list[DeviceState]:
+        """Per device of this process: the models it holds and the one it is loading, if any."""
+        return [w.models.state() for w in self._workers]
+
     def close(self) -> None:
         """Stop at once, losing nothing: running jobs go back to their place in the queue (the
         interrupted run is not counted) and resume when a queue on this database runs again."""
@@ -253,9 +294,13 @@ class ImageQueue:
         self._stop_listening()
         for worker in self._workers:
             self._loop.call(worker.shutdown)
+            worker.models.clear()  # the loaded models' memory goes back once a running call ends
         self._db_executor.shutdown(wait=True)
         returned = self.store.abandon(owner=self.owner, now=time.time())
         self._publish_written(returned)
+        for worker in self._workers:  # handed back already: now let each generation stop at its step
+            if not worker.wait_stopped(STOP_WAIT):
+                log.warning("imgnb: the generation on %s did not stop within %g s", worker.device, STOP_WAIT)
         if self._loop.owns_thread:
             self._loop.submit(self._cancel_tasks()).result(timeout=10)
             self._loop.stop()
@@ -291,9 +336,16 @@ class ImageQueue:
         max_retries: int = 3,
         metadata: dict[str, Any] | None = None,
         seed: int | None = None,
+        model: str | None = None,
         **params: Any,
     ) -> Job:
-        """Store one job and return its live handle. ``params`` go to the generator."""
+        """Store one job and return its live handle. ``params`` go to the generator.
+
+        ``model`` names one of the queue's ``models``; with one model it may be left out. An unknown
+        one is refused (``InvalidJob`` naming the known ones), as are parameters that model does
+        not take, before anything is stored.
+        """
+        model = self._catalog.resolve(model)
         spec = validate_job(
             prompt,
             priority=priority,
@@ -303,7 +355,8 @@ class ImageQueue:
             metadata=metadata,
             seed=seed,
             params=params,
-            check_params=self._check_params,
+            check_params=self._catalog.check_params(model),
+            model=model,
         )
         return self._add([spec])[0]
 
@@ -316,11 +369,13 @@ class ImageQueue:
         timeout: float | None = 300.0,
         max_retries: int = 3,
         metadata: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> list[Job]:
         """Store several jobs at once, all or none, consecutive in the queue.
 
         Each item is a dict with ``prompt`` and optionally ``seed``, ``timeout``, ``max_retries``,
-        ``metadata`` and generation parameters; ``priority`` and ``group`` are set for the batch.
+        ``metadata``, ``model`` and generation parameters; ``priority`` and ``group`` are set for
+        the batch, ``model`` and the others are defaults an item may override.
         """
         specs: list[JobSpec] = []
         if not isinstance(items, Iterable) or isinstance(items, (str, bytes, Mapping)):
@@ -334,6 +389,7 @@ class ImageQueue:
                     raise invalid(name, fields[name], f"set {name}= once for the whole batch", item=i)
             if "prompt" not in fields:
                 raise invalid("prompt", None, "every item needs a 'prompt'", item=i)
+            named = self._catalog.resolve(fields.pop("model", model), item=i)
             specs.append(
                 validate_job(
                     fields.pop("prompt"),
@@ -344,7 +400,8 @@ class ImageQueue:
                     metadata=fields.pop("metadata", metadata),
                     seed=fields.pop("seed", None),
                     params=fields,
-                    check_params=self._check_params,
+                    check_params=self._catalog.check_params(named),
+                    model=named,
                     item=i,
                 )
             )
@@ -359,12 +416,7 @@ class ImageQueue:
         return [self._handle(r) for r in records]
 
     def _key_of(self, spec: JobSpec) -> str | None:
-        if not self._batching or self._batch_key is None:
-            return None
-        key: str | None = self._batch_key(
-            GenerationRequest(job_id=0, prompt=spec.prompt, params=spec.params, seed=spec.seed)
-        )
-        return key
+        return self._catalog.batch_key(spec) if self._batching else None
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -374,14 +426,25 @@ class ImageQueue:
         self._publish_records([record])
         return self._handle(record)
 
-    def jobs(self, status: str | JobStatus | None = None, group: str | None = None) -> list[Job]:
-        """Jobs by status and/or group; queued ones in run order, the others in submit order."""
-        if status is not None:
-            try:
-                status = JobStatus(status)
-            except ValueError:
-                raise invalid("status", status, ", ".join(s.value for s in JobStatus)) from None
-        records = self.store.list_jobs(status=status, group=group)
+    def jobs(
+        self,
+        status: str | JobStatus | None = None,
+        group: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[Job]:
+        """Jobs by status and/or group; queued ones in run order, the others in submit order, both
+        reversed by ``newest_first``. ``offset`` and ``limit`` read one page: ``q.jobs("complete",
+        limit=50, newest_first=True)`` costs 50 rows at any size of history."""
+        status = _status(status)
+        for name, value, least in (("limit", limit, 0), ("offset", offset, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise invalid(name, value, "an integer >= 0" + (" or None (every job)" if name == "limit" else ""))
+        records = self.store.list_jobs(
+            status=status, group=group, limit=limit, offset=offset, newest_first=bool(newest_first)
+        )
         self._publish_records(records)
         return [self._handle(r) for r in records]
 
@@ -416,6 +479,156 @@ class ImageQueue:
         self._wake()
         return self._handle(record)
 
+    def recent(self, n: int = 8, *, group: str | None = None) -> list[Job]:
+        """The ``n`` jobs that finished last (complete, error or cancelled), newest first."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise invalid("n", n, "an integer >= 0")
+        records = self.store.recently_finished(limit=n, group=group)
+        self._publish_records(records)
+        return [self._handle(r) for r in records]
+
+    # -- history: pruning and export -------------------------------------------------------------
+
+    def prune(
+        self,
+        *,
+        older_than: float | timedelta | None = None,
+        keep_last: int | None = None,
+        status: str | JobStatus | None = None,
+        group: str | None = None,
+        delete_images: bool = False,
+    ) -> int:
+        """Remove finished jobs (complete, error, cancelled; never waiting or running ones) and
+        return how many. ``older_than``: only those that finished longer ago (seconds or a
+        timedelta); ``keep_last=N``: never the N that finished last among those matching ``status``
+        and ``group``; with neither, every matching finished job. ``delete_images=True`` deletes
+        their image files too.
+
+        A pruned job is gone for every process: ``get`` raises ``JobNotFound``. A handle to it keeps
+        reading the last state this process saw (its images, if deleted, cannot be loaded)."""
+        seconds, keep = prune_rule(older_than, keep_last)
+        statuses = prunable_statuses(status)
+        self._check_open()
+        removed = self._prune_now(statuses, group, seconds, keep, delete_images=bool(delete_images))
+        self._forget(removed)
+        return len(removed)
+
+    def _prune_now(
+        self,
+        statuses: frozenset[JobStatus],
+        group: str | None,
+        seconds: float | None,
+        keep_last: int | None,
+        *,
+        delete_images: bool,
+    ) -> list[RemovedJob]:
+        """The prune itself, blocking (in the caller's thread, or the database thread for retention)."""
+        removed = self.store.prune(
+            statuses=statuses,
+            group=group,
+            finished_before=None if seconds is None else time.time() - seconds,
+            keep_last=keep_last,
+        )
+        if delete_images:
+            delete_images_of([path for r in removed for path in r.images])
+        return removed
+
+    def _forget(self, removed: list[RemovedJob]) -> None:
+        events = self._mirror.forget(removed, emit=bool(self._bus))
+        if events and not self._loop.loop.is_closed():
+            self._loop.call(self._bus.deliver, events)
+
+    async def _retain_if_due(self) -> None:
+        """Automatic retention (``keep=``), from the watcher: on open, then every ``keep.every`` s."""
+        keep = self.keep
+        if keep is None or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + keep.every
+        removed = await self._db(
+            self._prune_now,
+            prunable_statuses(None),
+            None,
+            keep.older_than_seconds,
+            keep.keep_last,
+            delete_images=keep.delete_images,
+        )
+        self._forget(removed)
+
+    def to_dataframe(self, status: str | JobStatus | None = None, group: str | None = None) -> pandas.DataFrame:
+        """Every job (of ``status`` and/or ``group``) as a pandas DataFrame, one row per job, by id:
+        id, status, model, prompt, seed, each generation parameter in a column of its own, priority,
+        group, attempts, error, created/started/finished times (UTC, timezone-aware), ``waited_s``
+        (submit to the start of its last run), ``run_s`` (that run), ``images`` (paths), and the
+        metadata flattened into ``metadata.<key>.<key>`` columns. CSV or Parquet: ``df.to_csv(...)``.
+
+        Needs pandas (``pip install 'imgnb[pandas]'``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise MissingExtra(
+                "to_dataframe needs pandas, which is not installed: pip install 'imgnb[pandas]'"
+            ) from None
+        rows = [job_row(r) for r in self.store.list_jobs(status=_status(status), group=group)]
+        frame = pd.DataFrame(rows, columns=columns(rows))
+        for name in TIME_COLUMNS:
+            frame[name] = pd.to_datetime(frame[name], unit="s", utc=True)
+        return frame
+
+    # -- editing waiting jobs ----------------------------------------------------------------------
+
+    def set_priority(self, job_id: int, priority: str) -> Job:
+        """Give a queued or pending job another priority ('high', 'normal' or 'low'): it goes to
+        the end of that priority's queue. ``IllegalTransition`` for a job that does not wait."""
+        level = parse_priority(priority)
+        self._check_open()
+        record = self.store.set_priority(job_id, int(level), now=time.time())
+        self._publish_written([record])
+        return self._handle(record)
+
+    def move(self, job_id: int, *, to: str | None = None, before: Job | int | None = None) -> Job:
+        """Move a queued or pending job within its priority: ``to="front"``, ``to="back"``, or
+        ``before=`` another waiting job of the same priority (a ``Job`` or an id). One transaction;
+        every process's positions follow. ``IllegalTransition`` when a job does not wait or the
+        priorities differ, and then nothing moves."""
+        if (to is None) == (before is None):
+            raise invalid("to", to, "either to='front' or 'back', or before=<job>, not both")
+        where: Place | int
+        if to is not None:
+            try:
+                where = Place(to)
+            except ValueError:
+                raise invalid("to", to, "'front' or 'back'") from None
+        else:
+            where = before.id if isinstance(before, Job) else before  # type: ignore[assignment]
+        self._check_open()
+        records = self.store.move(job_id, to=where, now=time.time())
+        self._publish_written(records)
+        mine = [r for r in records if r.id == job_id]
+        return self._handle(mine[0]) if mine else self.get(job_id)
+
+    def cancel_all(self, *, status: str | JobStatus | None = None, group: str | None = None) -> int:
+        """Cancel every waiting job (``status``: 'queued' or 'pending' only; both by default) of
+        ``group`` in one transaction; returns how many. Running jobs go on (``cancel`` each one)."""
+        wanted = _status(status)
+        if wanted is not None and wanted not in EDITABLE_STATUSES:
+            raise invalid("status", status, "None (queued and pending), 'queued' or 'pending'")
+        statuses = EDITABLE_STATUSES if wanted is None else frozenset({wanted})
+        self._check_open()
+        change = self.store.cancel_all(statuses=statuses, group=group, now=time.time())
+        events, touched = self._mirror.apply_bulk(change, emit=bool(self._bus))
+        if events or touched:
+            self._loop.call(self._settle, events, touched)
+        return len(change.ids)
+
+    def retry_failed(self, *, group: str | None = None) -> list[Job]:
+        """Put every job in error (of ``group``) back in the queue in one transaction, each at the
+        end of its priority, in their old order; returns their handles."""
+        self._check_open()
+        records = self.store.requeue_failed(group=group, now=time.time())
+        self._publish_written(records)
+        self._wake()
+        return [self._handle(r) for r in records]
+
     # -- live state: positions and steps, read by Job handles and widgets ----------------------------
 
     def position(self, job_id: int) -> int | None:
@@ -437,6 +650,10 @@ class ImageQueue:
     def preview_of(self, job_id: int) -> Image | None:
         """The latest preview of a job running in this process, else None."""
         return self._previews.get(job_id)
+
+    def loading_of(self, job_id: int) -> ModelLoad | None:
+        """The model load a job running in this process waits for, else None."""
+        return self._loading.get(job_id)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -462,6 +679,7 @@ class ImageQueue:
             if record.status is not JobStatus.PROCESSING:
                 self._steps.pop(record.id, None)
                 self._previews.pop(record.id, None)  # the result replaces it
+                self._loading.pop(record.id, None)
             elif record.cancel_requested:
                 self._loop.call(self._stop_local, record.id, JobInterrupted("cancelled"))
         events, touched = self._mirror.apply(records, emit=bool(self._bus))
@@ -498,6 +716,27 @@ class ImageQueue:
                     error=record.error if record is not None else None,
                     step=step,
                     total_steps=total,
+                )
+            )
+        self._bus.deliver(events)
+
+    def _on_loading(self, job_ids: list[int], load: ModelLoad | None) -> None:
+        """A model load for these running jobs began (``load``) or ended (None), on the loop thread."""
+        events = []
+        for job_id in job_ids:
+            if load is None:
+                self._loading.pop(job_id, None)
+            else:
+                self._loading[job_id] = load
+            record = self._mirror.record_of(job_id)
+            events.append(
+                JobEvent(
+                    kind=EventKind.MODEL,
+                    job_id=job_id,
+                    status=JobStatus.PROCESSING,
+                    position=None,
+                    progress=0.0,
+                    error=record.error if record is not None else None,
                 )
             )
         self._bus.deliver(events)
@@ -593,6 +832,7 @@ class ImageQueue:
             if recovered:
                 self._publish_written(recovered)
                 self._wake()
+        await self._retain_if_due()
         await self._until_changed()
 
     # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------
@@ -602,6 +842,12 @@ class ImageQueue:
         from ..widgets.display import queue_board
 
         return queue_board(self)
+
+    def grid(self, group: str, *, rows: str, cols: str) -> SweepGrid:
+        """A live grid of the group's jobs by two of their fields, e.g. ``rows="prompt", cols="seed"``."""
+        from ..widgets.display import sweep_grid
+
+        return sweep_grid(self, group, rows=rows, cols=cols)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
         from ..widgets.display import queue_bundle
@@ -615,3 +861,13 @@ class ImageQueue:
 
     def __repr__(self) -> str:
         return f"<ImageQueue {self.store!r} {self.state}, {self.queued_count()} queued, devices={self.devices}>"
+
+
+def _status(status: object) -> JobStatus | None:
+    """A status as asked for (``"queued"`` or ``JobStatus.QUEUED``), or ``InvalidJob``."""
+    if status is None:
+        return None
+    try:
+        return JobStatus(status)  # type: ignore[arg-type]
+    except ValueError:
+        raise invalid("status", status, ", ".join(s.value for s in JobStatus)) from None

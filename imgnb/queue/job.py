@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.describe import job_text
 from ..core.ordering import Priority
-from ..core.records import JobRecord
+from ..core.records import JobRecord, ModelLoad
 from ..core.states import JobStatus
 from ..errors import JobCancelled, JobFailed, JobWaitTimeout
 from .files import load_images
@@ -103,6 +103,10 @@ class Job:
     max_retries = property(lambda self: self._record.max_retries)
     timeout = property(lambda self: self._record.timeout)
     batch = property(lambda self: self._record.batch, doc="The batched call it ran in, if any.")
+    model = property(
+        lambda self: self._record.model,
+        doc="The name of the model it runs on (None: a generator= queue's, or stored before models had names).",
+    )
 
     @property
     def status(self) -> JobStatus:
@@ -114,7 +118,16 @@ class Job:
 
     @property
     def position(self) -> int | None:
-        """1 = runs next, 2 = after that, ... over all queued jobs of the database; None when not queued."""
+        """1 = runs next, 2 = after that, ... over all queued jobs of the database; None when not queued.
+
+        It is the place in run order: priority, then submit order. Without model affinity (the
+        default) jobs start in that order, and ``position - 1`` jobs start before this one, plus any
+        submitted later at a higher priority. With ``ImageQueue(..., affinity=N)`` a worker holding
+        a job's model may start it early, at any position up to ``N + 1``; and at most ``N`` jobs
+        queued behind this one at its priority start before it (each is counted against it as it
+        passes it), so at most ``position - 1 + N`` of the jobs now queued start before it.
+        Batching (``batch_size``) lets a job's batch mates start with it wherever they wait.
+        """
         return self._queue.position(self._record.id)
 
     @property
@@ -138,6 +151,11 @@ class Job:
         return self._queue.preview_of(self._record.id)
 
     @property
+    def loading(self) -> ModelLoad | None:
+        """While it runs in this process and waits for its model to load: which, where, since when."""
+        return self._queue.loading_of(self._record.id)
+
+    @property
     def images(self) -> list[str]:
         """Paths of the stored image files (empty until complete)."""
         return list(self._record.images)
@@ -158,6 +176,24 @@ class Job:
     def retry(self) -> None:
         """Put a failed or cancelled job back in the queue (at the end of its priority)."""
         self._queue.retry(self._record.id)
+
+    def set_priority(self, priority: str) -> None:
+        """Give a queued or pending job another priority ('high', 'normal' or 'low'): it goes to
+        the end of that priority's queue. ``IllegalTransition`` for a job that runs or has ended."""
+        self._queue.set_priority(self._record.id, priority)
+
+    def move_to_front(self) -> None:
+        """Run this waiting job next among the jobs of its priority."""
+        self._queue.move(self._record.id, to="front")
+
+    def move_to_back(self) -> None:
+        """Run this waiting job after every other job of its priority."""
+        self._queue.move(self._record.id, to="back")
+
+    def move(self, *, before: Job | int) -> None:
+        """Run this waiting job just before ``before``, a waiting job of the same priority (a
+        ``Job`` or an id); moving before a job of another priority is refused (``IllegalTransition``)."""
+        self._queue.move(self._record.id, before=before)
 
     def result(self, timeout: float | None = None) -> list[Image]:
         """Wait for the job and return its images; raises ``JobFailed`` or ``JobCancelled``.

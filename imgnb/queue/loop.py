@@ -144,6 +144,12 @@ class DaemonExecutor(concurrent.futures.Executor):
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the thread to end (after ``shutdown``); True if it did."""
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _work(self) -> None:
         while (call := self._calls.get()) is not None:
             future, fn, args, kwargs = call

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..core.ordering import OrderIndex, OrderKey
-from ..core.records import EventKind, JobEvent, JobRecord
+from ..core.records import BulkChange, EventKind, JobEvent, JobRecord, RemovedJob
 from ..core.states import JobStatus
 from .job import JobState
 
@@ -100,15 +100,13 @@ class QueueMirror:
             before = self._window() if emit else {}
             changed: list[tuple[JobRecord, EventKind]] = []
             touched: list[JobState] = []
+            placed: list[tuple[int, OrderKey | None]] = []  # applied at once: a bulk edit moves many
             for record in records:
                 seen = self._seen.get(record.id)
                 if seen is not None and seen.revision >= record.revision:
                     continue
                 self._seen[record.id] = _Seen(record.revision, record.status, record.progress)
-                if record.status is JobStatus.QUEUED:
-                    self._index.put(record.id, record.order_key)
-                else:
-                    self._index.discard(record.id)
+                placed.append((record.id, record.order_key if record.status is JobStatus.QUEUED else None))
                 state = self._states.get(record.id)
                 if state is not None and state.record.revision < record.revision:
                     state.record = record
@@ -119,12 +117,14 @@ class QueueMirror:
                     changed.append((record, EventKind.STATUS))
                 elif seen.progress != record.progress:
                     changed.append((record, EventKind.PROGRESS))
+            self._index.update(placed)
+            position_of = self._index.positions(r.id for r, _ in changed)
             events = [
                 JobEvent(
                     kind=kind,
                     job_id=r.id,
                     status=r.status,
-                    position=self._index.position(r.id),
+                    position=position_of.get(r.id),
                     progress=r.progress,
                     error=r.error,
                 )
@@ -137,6 +137,65 @@ class QueueMirror:
                     if before.get(job_id, position) != position and job_id not in reported:
                         events.append(self._position_event(job_id, position))
             return events, touched
+
+    def apply_bulk(self, change: BulkChange, *, emit: bool) -> tuple[list[JobEvent], list[JobState]]:
+        """``apply`` for one change made alike to many jobs (a bulk cancel): the same bookkeeping,
+        without a record per job. Jobs that leave the queue only (``change.status`` is not queued)."""
+        status = change.status
+        assert status is not JobStatus.QUEUED, "a bulk change cannot place jobs in the run order"
+        with self._lock:
+            before = self._window() if emit else {}
+            changed: list[tuple[int, float]] = []
+            touched: list[JobState] = []
+            for job_id in change.ids:
+                seen = self._seen.get(job_id)
+                if seen is not None and seen.revision >= change.revision:
+                    continue
+                progress = seen.progress if seen is not None else 0.0
+                self._seen[job_id] = _Seen(change.revision, status, progress)
+                if emit and (seen is None or seen.status is not status):
+                    changed.append((job_id, progress))
+            ids = set(change.ids)
+            for job_id, state in list(self._states.items()):  # the live handles: often far fewer than the jobs
+                if job_id in ids and state.record.revision < change.revision:
+                    state.record = change.applied_to(state.record)
+                    touched.append(state)
+            self._index.update((job_id, None) for job_id in change.ids)
+            if self.revision + 1 == change.revision:
+                self.revision = change.revision
+            error = change.values.get("error")
+            events = [
+                JobEvent(kind=EventKind.STATUS, job_id=i, status=status, position=None, progress=p, error=error)
+                for i, p in changed
+            ]
+            if emit:
+                for job_id, position in self._window().items():
+                    if before.get(job_id, position) != position:
+                        events.append(self._position_event(job_id, position))
+            return events, touched
+
+    def forget(self, removed: Iterable[RemovedJob], *, emit: bool) -> list[JobEvent]:
+        """Jobs that were pruned: known no more (their handles keep their last record). Returns a
+        ``REMOVED`` event for each (none unless ``emit``)."""
+        with self._lock:
+            removed = list(removed)
+            self._index.update((r.id, None) for r in removed)  # finished, so not queued: in case
+            events = []
+            for r in removed:
+                seen = self._seen.pop(r.id, None)
+                if emit:
+                    progress = seen.progress if seen is not None else 0.0
+                    events.append(
+                        JobEvent(
+                            kind=EventKind.REMOVED,
+                            job_id=r.id,
+                            status=r.status,
+                            position=None,
+                            progress=progress,
+                            error=None,
+                        )
+                    )
+            return events
 
     def _window(self) -> dict[int, int]:
         return {job_id: i + 1 for i, job_id in enumerate(self._index.head(POSITION_EVENT_WINDOW))}

@@ -14,7 +14,9 @@ the next one runs. ``complete`` keeps its meaning: a job is stored complete only
 are on disk, and until then it stays ``processing`` under this worker's lease, so a process that
 dies between the two loses nothing (its job is recovered like any dead worker's).
 
-A worker knows its queue only through a ``WorkerContext``: the few things it may ask for.
+A worker knows its queue only through a ``WorkerContext``: the few things it may ask for, and its
+device's models through a ``DeviceModels``: a job's model is loaded in the generation thread before
+the job runs, and a job's timeout counts from its start without the time its model took to load.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..core.describe import attempt_text
 from ..core.leases import LeasePolicy, deadline
-from ..core.records import JobRecord
+from ..core.records import JobRecord, ModelLoad
 from ..core.retry import FailureKind, RetryPolicy, get_retry_decision
 from ..core.states import JobStatus
 from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
-from ..gen.base import BatchGenerator, Generator
+from ..gen.base import BatchGenerator
 from ..store import Store
 from .files import save_images
 from .loop import DaemonExecutor, keep_running
@@ -44,13 +46,16 @@ from .loop import DaemonExecutor, keep_running
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["DeviceWorker", "WorkerContext"]
+    from .models import DeviceModels
+
+__all__ = ["STOP_WAIT", "DeviceWorker", "WorkerContext"]
 
 log = logging.getLogger("imgnb")
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at deadlines and cancellations while a job runs
 MAX_STORING = 2  # generations whose images may wait for the writer; beyond that the device waits
 WRITE_HOLD = 1.0  # seconds at most that the writer waits for the next generation to start first
+STOP_WAIT = 10.0  # seconds close() waits for a generation to reach its next step and stop
 PROGRESS_PERSIST_EVERY = 1.0  # seconds between progress writes, for other processes to show
 
 
@@ -74,6 +79,7 @@ class WorkerContext:
     call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
     may_claim: Callable[[], bool]  # started and not paused (read in the database thread)
     wait_for_work: Callable[[], Awaitable[None]]  # until woken or the next poll; raises QueueClosed
+    report_loading: Callable[[list[int], ModelLoad | None], None]  # a load for these jobs began or ended, on the loop
 
 
 @dataclass(eq=False)
@@ -86,6 +92,7 @@ class _Run:
     settled: bool = False  # its outcome is stored; whatever the thread returns is dropped
     step: tuple[int, int] | None = None  # the last step reported by the generation thread
     persisted: tuple[int, int] | None = None  # the last step written to the database
+    loading_since: float | None = None  # while its model loads (epoch seconds): its deadline waits
 
 
 # what a claim made in the database thread returns: promoted, claimed, their runs and the started call
@@ -117,12 +124,22 @@ def _classify(exc: BaseException) -> FailureKind:
 
 
 class DeviceWorker:
-    def __init__(self, ctx: WorkerContext, *, device: str, lock_name: str, generator: Generator, batch_size: int):
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        *,
+        device: str,
+        lock_name: str,
+        models: DeviceModels,
+        batch_size: int,
+        affinity: int = 0,
+    ):
         self.ctx = ctx
         self.device = device
         self.lock_name = lock_name
-        self.generator = generator
-        self.batch_size = batch_size if isinstance(generator, BatchGenerator) else 1
+        self.models = models
+        self.affinity = affinity  # see core.affinity
+        self.batch_size = batch_size if models.can_batch else 1
         self.runs: dict[int, _Run] = {}
         self._storing: dict[int, _Run] = {}  # generated, images being written: still held, still leased
         self._stores: set[asyncio.Task[None]] = set()
@@ -157,6 +174,12 @@ class DeviceWorker:
         for task in self._stores:
             task.cancel()
 
+    def wait_stopped(self, timeout: float) -> bool:
+        """After ``shutdown``: wait for the generation to stop at its next step. A process must not
+        exit while its generation thread is inside a torch call (the C++ runtime aborts then); a
+        generator that never calls ``on_step`` is given up on after ``timeout`` seconds."""
+        return self._executor.join(timeout)
+
     # -- the loop -------------------------------------------------------------------------------
 
     async def run_forever(self) -> None:
@@ -188,8 +211,10 @@ class DeviceWorker:
         self._write_ok.set()
         if promoted:
             ctx.publish(promoted)
-        await self._drain()  # the device is given back once what it made is stored
-        if self._holding:
+        if self._stores:  # still being stored: their jobs and the device keep their leases meanwhile
+            if time.monotonic() >= self._next_beat:
+                await self._beat(time.time())
+        elif self._holding:  # the device is given back once what it made is stored
             await ctx.db(ctx.store.release_device, owner=ctx.owner, device=self.lock_name)
             self._holding = False
         await ctx.wait_for_work()
@@ -201,7 +226,13 @@ class DeviceWorker:
         if not ctx.may_claim():
             return []
         return ctx.store.claim(
-            owner=ctx.owner, device=self.lock_name, now=time.time(), lease=ctx.lease.lease, batch_size=self.batch_size
+            owner=ctx.owner,
+            device=self.lock_name,
+            now=time.time(),
+            lease=ctx.lease.lease,
+            batch_size=self.batch_size,
+            loaded=self.models.loaded(),
+            affinity=self.affinity,
         )
 
     def _promote(self) -> list[JobRecord]:
@@ -267,7 +298,8 @@ class DeviceWorker:
             for run in runs.values():
                 if run.settled:
                     continue
-                if run.stop is None and run.deadline is not None and now >= run.deadline:
+                loading = run.loading_since is not None
+                if run.stop is None and not loading and run.deadline is not None and now >= run.deadline:
                     run.stop = JobTimedOut(f"timed out after {run.record.timeout:g} s")
                 if run.stop is not None:
                     await self._settle(run, None, run.stop)
@@ -298,13 +330,6 @@ class DeviceWorker:
         )
         for job_id in asked:
             self.request_stop(job_id, JobInterrupted("cancelled"))
-
-    async def _drain(self) -> None:
-        """Wait until every generated job is stored, renewing leases meanwhile."""
-        while self._stores:
-            await asyncio.wait(self._stores, timeout=max(0.0, self._next_beat - time.monotonic()))
-            if self._stores and time.monotonic() >= self._next_beat:
-                await self._beat(time.time())
 
     async def _store(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
         """Have each job's images written, then the job stored as complete, by the writer thread
@@ -341,6 +366,22 @@ class DeviceWorker:
             self.ctx.store.finish, run.record.id, **self._outcome(run, paths, None)
         ).result()
         return stored
+
+    def _loading_changed(self, job_ids: list[int], load: ModelLoad | None) -> None:
+        """On the loop: a model load for these jobs began (``load``) or ended; their deadlines wait
+        for it, then move on by the time it took."""
+        now = time.time()
+        for job_id in job_ids:
+            run = self.runs.get(job_id)
+            if run is None:
+                continue
+            if load is not None:
+                run.loading_since = load.since
+            elif run.loading_since is not None:
+                if run.deadline is not None:
+                    run.deadline += now - run.loading_since
+                run.loading_since = None
+        self.ctx.report_loading(job_ids, load)
 
     async def _persist_progress(self, runs: Iterable[_Run], now: float) -> None:
         """Write the steps reached since the last write, for other processes to show. Here, in the
@@ -421,13 +462,20 @@ class DeviceWorker:
             ctx.call_on_loop(ctx.report_step, live, step, total, shown)
 
         requests = [r.request() for r in records]
+        model = records[0].model  # a batch's jobs share their model: their batch key names it
+        generator = self.models.generator(model, report=lambda load: ctx.call_on_loop(self._loading_changed, ids, load))
         if len(requests) == 1:
-            outputs = [self.generator(requests[0], on_step)]
+            outputs = [generator(requests[0], on_step)]
         else:
-            assert isinstance(self.generator, BatchGenerator)  # batch_size is 1 otherwise
-            outputs = self.generator.generate_batch(requests, on_step)
+            assert isinstance(generator, BatchGenerator)  # only a model that batches has batch keys
+            outputs = generator.generate_batch(requests, on_step)
         if len(outputs) != len(requests) or not all(outputs):
             raise TypeError(f"the generator returned {len(outputs)} results for {len(requests)} jobs, or no image")
+        name = self.models.name_of(model)
+        if name is not None:  # what the PNG records: the job's model, by its name in the queue
+            for images in outputs:
+                for image in images:
+                    image.info["model"] = name
         self._write_ok.clear()
         self._claim_ahead()
         return list(outputs)

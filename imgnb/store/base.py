@@ -12,8 +12,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.editing import Place
 from ..core.ordering import OrderKey
-from ..core.records import JobRecord, JobSpec
+from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
 from ..core.states import JobStatus
 
 __all__ = ["Store"]
@@ -32,8 +33,18 @@ class Store(ABC):
         """One job; raises ``JobNotFound``."""
 
     @abstractmethod
-    def list_jobs(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
-        """Jobs by status and/or group: queued ones in run order, others in submit order."""
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        group: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[JobRecord]:
+        """Jobs by status and/or group: queued ones in run order, others by id (submit order), all
+        reversed with ``newest_first``; ``offset`` jobs skipped, then at most ``limit``. A page reads
+        the page (and the skipped jobs), not the table."""
 
     @abstractmethod
     def counts(self) -> dict[JobStatus, int]:
@@ -49,10 +60,25 @@ class Store(ABC):
         """The current revision and the jobs changed after ``revision``."""
 
     @abstractmethod
-    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+    def claim(
+        self,
+        *,
+        owner: str,
+        device: str,
+        now: float,
+        lease: float,
+        batch_size: int = 1,
+        loaded: Collection[str | None] = (),
+        affinity: int = 0,
+    ) -> list[JobRecord]:
         """Take ``device``'s lock and the next queued job (plus up to ``batch_size - 1`` queued jobs
         sharing its batch key, first attempts only), marking them ``processing``. Empty when the
-        device is held by a live owner or nothing is eligible; then nothing changes."""
+        device is held by a live owner or nothing is eligible; then nothing changes.
+
+        The next job is the head of the queue, or with ``affinity`` > 0 the one
+        ``core.affinity.pick`` chooses among the first ``affinity + 1`` given the models the
+        device holds (``loaded``); the store keeps each job's count of passes with the job (not
+        part of its record), and a hand-made ``requeue`` sets it back to 0."""
 
     @abstractmethod
     def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:
@@ -129,6 +155,47 @@ class Store(ABC):
         does nothing and the callback is never called: the queue polls, as it always also does.
         """
         return _nothing
+
+    @abstractmethod
+    def recently_finished(self, *, limit: int, group: str | None = None) -> list[JobRecord]:
+        """The ``limit`` jobs that finished last (complete, error, cancelled), newest first, by
+        ``finished_at`` then id."""
+
+    @abstractmethod
+    def prune(
+        self,
+        *,
+        statuses: Collection[JobStatus],
+        group: str | None,
+        finished_before: float | None,
+        keep_last: int | None,
+    ) -> list[RemovedJob]:
+        """Delete, in one transaction, the finished jobs of ``statuses`` (finished ones only) and
+        ``group`` that finished before ``finished_before`` and are not among the ``keep_last`` most
+        recently finished of them (``core.history.pruned_ids`` states the rule); return them. The
+        space they took is given back or reused (SQLite: incremental auto-vacuum)."""
+
+    @abstractmethod
+    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> BulkChange:
+        """Cancel every waiting job of ``statuses`` (queued and/or pending) and ``group`` in one
+        transaction; return the change, by id."""
+
+    @abstractmethod
+    def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
+        """Put every job in ``error`` (of ``group``) back at the end of its priority's queue, in
+        their old order, in one transaction; return them in that order."""
+
+    @abstractmethod
+    def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:
+        """Give a waiting job another priority, at the end of that priority's queue (unchanged if
+        it has that priority already). ``IllegalTransition`` for a job that does not wait."""
+
+    @abstractmethod
+    def move(self, job_id: int, *, to: Place | int, now: float) -> list[JobRecord]:
+        """Move a waiting job to the front or back of its priority, or just before the waiting job
+        of the same priority whose id ``to`` is, by new ``seq`` numbers (``core.editing``); return
+        every job renumbered, none when nothing moved. ``IllegalTransition`` when either job does
+        not wait or their priorities differ; nothing moves then."""
 
     @abstractmethod
     def default_images_dir(self) -> Path:

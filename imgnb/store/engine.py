@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from ..errors import DatabaseError, NotADatabase
+from ..errors import DatabaseError, DatabaseURLError, NotADatabase
 
 __all__ = ["SQLITE_HEADER", "is_read_only", "make_engine", "sqlite_has_wal_reset_fix", "to_url"]
 
@@ -51,7 +51,7 @@ def to_url(db: str | Path) -> sa.URL:
         try:
             return sa.make_url(text)
         except sa.exc.ArgumentError as exc:
-            raise DatabaseError(f"{text!r} is not a database URL: {exc}") from None
+            raise DatabaseURLError(f"{text!r} is not a database URL: {exc}") from None
     if "\x00" in text:
         raise DatabaseError(f"{text!r} cannot be a file name: it holds a NUL character")
     path = Path(text).expanduser()

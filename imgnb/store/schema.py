@@ -14,11 +14,14 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from ..core.ordering import RUN_ORDER
-from ..core.validation import MAX_GROUP_LENGTH
+from ..core.states import JobStatus
+from ..core.validation import MAX_GROUP_LENGTH, MAX_MODEL_LENGTH
 
-__all__ = ["SCHEMA_VERSION", "DeviceRow", "JobRow", "MetaRow"]
+__all__ = ["COUNT_ROWS", "COUNT_TRIGGERS", "SCHEMA_VERSION", "CountRow", "DeviceRow", "JobRow", "MetaRow"]
 
-SCHEMA_VERSION = 3  # 2: JSON as text on PostgreSQL (was JSONB); 3: PostgreSQL revisions from a sequence
+# 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: model, passed_over; 4: counts, history indexes;
+# 5: PostgreSQL revisions from a sequence
+SCHEMA_VERSION = 5
 
 
 class MetaRow(SQLModel, table=True):
@@ -39,6 +42,12 @@ class JobRow(SQLModel, table=True):
         sa.Index("imgnb_job_run_order", "status", *(sa.text(f"{n} DESC") if d else n for n, d in RUN_ORDER)),
         sa.Index("imgnb_job_revision", "revision"),
         sa.Index("imgnb_job_group", "group_name"),
+        # a page of one status by id, newest or oldest first, reads the page and not the table
+        sa.Index("imgnb_job_status_id", "status", "id"),
+        # pruning by age or "keep the last N", and the board's "recently finished"
+        sa.Index("imgnb_job_finished", "finished_at", "id"),
+        # the smallest seq, below which a job moved to the front of its priority goes
+        sa.Index("imgnb_job_seq", "seq"),
         {"sqlite_autoincrement": True},  # never hand out a used id again, even after deletes
     )
 
@@ -71,6 +80,9 @@ class JobRow(SQLModel, table=True):
     cancel_requested: bool = False
     batch_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     batch: str | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, max_length=MAX_MODEL_LENGTH)  # NULL: the queue's only or first model
+    # claims that took a later job of its priority first (model affinity): at most the affinity
+    passed_over: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     revision: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
 
 
@@ -82,3 +94,78 @@ class DeviceRow(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=200)  # "host/cuda:0"
     owner: str | None = Field(default=None, max_length=200)
     lease_until: float | None = None
+
+
+class CountRow(SQLModel, table=True):
+    """How many jobs are in each status, so a count costs the same at a million jobs as at ten
+    (``GROUP BY status`` took 45 to 100 ms over a million rows on SQLite, measured here). Every
+    status has its row from the start. ``SQLStore.add``, the one place jobs are inserted, counts
+    its batch with one statement; the triggers below count every change of status and every
+    delete, inside the write that makes it, whatever code makes it. (A row trigger on insert cost
+    a quarter of the submit rate on SQLite, and a statement trigger runs per row of an executemany
+    on PostgreSQL: hence the one statement in ``add``.)"""
+
+    __tablename__ = "imgnb_count"
+
+    status: str = Field(primary_key=True, max_length=16)
+    n: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+
+
+COUNT_ROWS = "INSERT INTO imgnb_count (status, n) VALUES " + ", ".join(f"('{s.value}', 0)" for s in JobStatus)
+"""Every status's row, at zero (for a new database, and before a count is taken)."""
+
+# SQLite: row triggers, each change one update of two counter rows (an upsert for a status that
+# has no row: one written by something other than imgnb).
+_SQLITE_ADD = "INSERT INTO imgnb_count (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;"
+_SQLITE_TAKE = "UPDATE imgnb_count SET n = n - 1 WHERE status = OLD.status;"
+# PostgreSQL: statement triggers over the transition tables: a bulk change of 100,000 jobs updates
+# each counter once, not 100,000 times. Counter rows are upserted in status order, one lock order.
+_PG_COUNT_FUNCTION = """
+CREATE OR REPLACE FUNCTION imgnb_count_rows() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    INSERT INTO imgnb_count AS c (status, n)
+      SELECT status, -count(*) FROM old_rows GROUP BY status ORDER BY status
+      ON CONFLICT (status) DO UPDATE SET n = c.n + EXCLUDED.n;
+  ELSE
+    -- most updates change no status (progress, leases): one cheap look, and nothing more
+    PERFORM 1 FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id WHERE n.status <> o.status LIMIT 1;
+    IF NOT FOUND THEN
+      RETURN NULL;
+    END IF;
+    INSERT INTO imgnb_count AS c (status, n)
+      SELECT status, sum(k) FROM (
+        SELECT status, 1 AS k FROM new_rows UNION ALL SELECT status, -1 AS k FROM old_rows
+      ) AS moved GROUP BY status HAVING sum(k) <> 0 ORDER BY status
+      ON CONFLICT (status) DO UPDATE SET n = c.n + EXCLUDED.n;
+  END IF;
+  RETURN NULL;
+END
+$body$
+"""
+
+
+def _pg_trigger(event: str, tables: str) -> tuple[str, str]:
+    name = f"imgnb_count_{event.lower()}"
+    return (
+        f"DROP TRIGGER IF EXISTS {name} ON imgnb_job",
+        f"CREATE TRIGGER {name} AFTER {event} ON imgnb_job REFERENCING {tables}"
+        " FOR EACH STATEMENT EXECUTE FUNCTION imgnb_count_rows()",
+    )
+
+
+# the statements that keep imgnb_count, by dialect; each may run again harmlessly
+COUNT_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "DROP TRIGGER IF EXISTS imgnb_count_insert",
+        "CREATE TRIGGER IF NOT EXISTS imgnb_count_update AFTER UPDATE OF status ON imgnb_job"
+        f" WHEN OLD.status IS NOT NEW.status BEGIN {_SQLITE_TAKE} {_SQLITE_ADD} END",
+        f"CREATE TRIGGER IF NOT EXISTS imgnb_count_delete AFTER DELETE ON imgnb_job BEGIN {_SQLITE_TAKE} END",
+    ),
+    "postgresql": (
+        _PG_COUNT_FUNCTION,
+        "DROP TRIGGER IF EXISTS imgnb_count_insert ON imgnb_job",
+        *_pg_trigger("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        *_pg_trigger("DELETE", "OLD TABLE AS old_rows"),
+    ),
+}

@@ -16,15 +16,37 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..core.affinity import Waiting, pick
+from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
+from ..core.history import pruned_ids
 from ..core.merge import merge_patch
 from ..core.ordering import OrderKey
-from ..core.records import JobRecord, JobSpec
+from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
 from ..core.retry import has_runs_left
-from ..core.states import JobStatus, check_transition
+from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..errors import JobNotFound
 from ..store import Store
 
 __all__ = ["MemoryStore"]
+
+
+def _requeued(now: float) -> dict[str, Any]:
+    """What putting a finished job back in the queue by hand resets (its new ``seq`` set beside)."""
+    return {
+        "status": JobStatus.QUEUED,
+        "attempts": 0,
+        "error": None,
+        "progress": 0.0,
+        "images": (),
+        "started_at": None,
+        "finished_at": None,
+        "run_at": now,
+        "owner": None,
+        "device": None,
+        "batch": None,
+        "cancel_requested": False,
+        "updated_at": now,
+    }
 
 
 class MemoryStore(Store):
@@ -34,6 +56,7 @@ class MemoryStore(Store):
         self._lock = threading.RLock()
         self._jobs: dict[int, JobRecord] = {}
         self._batch_keys: dict[int, str | None] = {}
+        self._passed_over: dict[int, int] = {}  # claims that took a later job first (model affinity)
         self._devices: dict[str, tuple[str | None, float | None]] = {}  # name -> (owner, lease_until)
         self._revision = 0
         self._next_seq = 0
@@ -90,6 +113,7 @@ class MemoryStore(Store):
                     metadata=copy.deepcopy(spec.metadata),
                     timeout=spec.timeout,
                     max_retries=spec.max_retries,
+                    model=spec.model,
                     created_at=now,
                     updated_at=now,
                     run_at=now,
@@ -105,14 +129,24 @@ class MemoryStore(Store):
         with self._lock:
             return self._one(job_id)
 
-    def list_jobs(self, *, status: JobStatus | None = None, group: str | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        group: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[JobRecord]:
         with self._lock:
             found = self._where(
                 lambda r: (status is None or r.status is JobStatus(status)) and (group is None or r.group == group)
             )
         if status is JobStatus.QUEUED:
-            return sorted(found, key=lambda r: (r.order_key, r.id))
-        return sorted(found, key=lambda r: r.id)
+            found.sort(key=lambda r: (r.order_key, r.id), reverse=newest_first)
+        else:
+            found.sort(key=lambda r: r.id, reverse=newest_first)
+        return found[offset:] if limit is None else found[offset : offset + limit]
 
     def counts(self) -> dict[JobStatus, int]:
         with self._lock:
@@ -130,7 +164,17 @@ class MemoryStore(Store):
             changed = sorted(self._where(lambda r: r.revision > revision), key=lambda r: (r.revision, r.id))
             return self._revision, changed
 
-    def claim(self, *, owner: str, device: str, now: float, lease: float, batch_size: int = 1) -> list[JobRecord]:
+    def claim(
+        self,
+        *,
+        owner: str,
+        device: str,
+        now: float,
+        lease: float,
+        batch_size: int = 1,
+        loaded: Collection[str | None] = (),
+        affinity: int = 0,
+    ) -> list[JobRecord]:
         with self._lock:
             holder, until = self._devices.get(device, (None, None))
             if holder not in (None, owner) and until is not None and until >= now:
@@ -138,11 +182,15 @@ class MemoryStore(Store):
             queued = sorted(self._where(lambda r: r.status is JobStatus.QUEUED), key=lambda r: r.order_key)
             if not queued:
                 return []
-            head = queued[0]
+            window = [Waiting(r.priority, r.model, self._passed_over.get(r.id, 0)) for r in queued[: affinity + 1]]
+            k = pick(window, loaded=loaded, affinity=affinity)
+            for passed in queued[:k]:
+                self._passed_over[passed.id] = self._passed_over.get(passed.id, 0) + 1
+            head = queued[k]
             key = self._batch_keys.get(head.id)
             chosen = [head]
             if batch_size > 1 and key is not None and head.attempts == 0:
-                mates = [r for r in queued[1:] if self._batch_keys.get(r.id) == key and r.attempts == 0]
+                mates = [r for r in queued if r is not head and self._batch_keys.get(r.id) == key and r.attempts == 0]
                 chosen += mates[: batch_size - 1]
             rev = self._bump()
             self._devices[device] = (owner, now + lease)
@@ -244,22 +292,11 @@ class MemoryStore(Store):
         with self._lock:
             current = self._one(job_id)
             check_transition(current.status, JobStatus.QUEUED)
+            self._passed_over.pop(job_id, None)
             return self._put(
                 current,
-                status=JobStatus.QUEUED,
                 seq=self._take_seq(1),
-                attempts=0,
-                error=None,
-                progress=0.0,
-                images=(),
-                started_at=None,
-                finished_at=None,
-                run_at=now,
-                owner=None,
-                device=None,
-                batch=None,
-                cancel_requested=False,
-                updated_at=now,
+                **_requeued(now),
                 revision=self._bump(),
             )
 
@@ -331,6 +368,98 @@ class MemoryStore(Store):
         with self._lock:
             current = self._one(job_id)
             return self._put(current, metadata=merge_patch(current.metadata, patch), revision=self._bump())
+
+    def recently_finished(self, *, limit: int, group: str | None = None) -> list[JobRecord]:
+        with self._lock:
+            done = self._where(
+                lambda r: r.status.is_final and r.finished_at is not None and (group is None or r.group == group)
+            )
+        return sorted(done, key=lambda r: (r.finished_at, r.id), reverse=True)[:limit]
+
+    def prune(
+        self,
+        *,
+        statuses: Collection[JobStatus],
+        group: str | None,
+        finished_before: float | None,
+        keep_last: int | None,
+    ) -> list[RemovedJob]:
+        if not set(statuses) <= FINAL_STATUSES:
+            raise ValueError(f"only finished jobs are pruned, not {sorted(set(statuses) - FINAL_STATUSES)}")
+        with self._lock:
+            matching = self._where(lambda r: r.status in statuses and (group is None or r.group == group))
+            chosen = pruned_ids(
+                ((r.id, r.finished_at) for r in matching), finished_before=finished_before, keep_last=keep_last
+            )
+            if chosen:
+                self._bump()
+            removed = [self._jobs.pop(job_id) for job_id in chosen]
+            for record in removed:
+                self._batch_keys.pop(record.id, None)
+                self._passed_over.pop(record.id, None)
+        return [RemovedJob(id=r.id, status=r.status, images=r.images) for r in removed]
+
+    def cancel_all(self, *, statuses: Collection[JobStatus], group: str | None, now: float) -> BulkChange:
+        if not set(statuses) <= EDITABLE_STATUSES:
+            raise ValueError(
+                f"only waiting jobs are cancelled in bulk, not {sorted(set(statuses) - EDITABLE_STATUSES)}"
+            )
+        with self._lock:
+            waiting = self._where(lambda r: r.status in statuses and (group is None or r.group == group))
+            change = BulkChange(
+                ids=tuple(sorted(r.id for r in waiting)),
+                revision=self._bump(),
+                values={"status": JobStatus.CANCELLED, "finished_at": now, "error": None, "updated_at": now},
+            )
+            for record in waiting:
+                self._jobs[record.id] = change.applied_to(record)
+            return change
+
+    def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
+        with self._lock:
+            failed = self._where(lambda r: r.status is JobStatus.ERROR and (group is None or r.group == group))
+            if not failed:
+                return []
+            first, rev = self._take_seq(len(failed)), self._bump()
+            for record in failed:
+                self._passed_over.pop(record.id, None)  # as a requeue by hand
+            return [
+                self._put(
+                    r,
+                    seq=first + i,
+                    **_requeued(now),
+                    revision=rev,
+                )
+                for i, r in enumerate(sorted(failed, key=lambda r: (r.seq, r.id)))
+            ]
+
+    def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:
+        with self._lock:
+            current = self._one(job_id)
+            check_editable(job_id, current.status, "given another priority")
+            if current.priority == priority:
+                return current
+            return self._put(current, priority=priority, seq=self._take_seq(1), updated_at=now, revision=self._bump())
+
+    def move(self, job_id: int, *, to: Place | int, now: float) -> list[JobRecord]:
+        with self._lock:
+            current = self._one(job_id)
+            check_editable(job_id, current.status, "moved")
+            if isinstance(to, Place):
+                plan = Renumbering((job_id,), below=to is Place.FRONT)
+            else:
+                target = self._one(to)
+                check_target(job_id, current.priority, target.id, target.status, target.priority)
+                waiting = self._where(lambda r: r.status in EDITABLE_STATUSES and r.priority == current.priority)
+                plan = move_before([r.id for r in sorted(waiting, key=lambda r: (r.seq, r.id))], job_id, target.id)
+            if not plan.ids:
+                return []
+            lowest = min(r.seq for r in self._jobs.values())
+            taken = 0 if plan.below else self._take_seq(len(plan.ids))
+            rev = self._bump()
+            seqs = new_seqs(plan, lowest=lowest, taken=taken)
+            moved = [self._put(self._jobs[i], seq=seq, updated_at=now, revision=rev) for i, seq in seqs.items()]
+        return sorted(moved, key=lambda r: r.seq)
 
     def default_images_dir(self) -> Path:
         return self._images_dir

@@ -24,6 +24,7 @@ from .thumbs import THUMBNAIL_SIZE, thumbnail_uri
 if TYPE_CHECKING:
     from ..queue import ImageQueue, Job
     from .board import QueueBoard
+    from .grid import SweepGrid
     from .job import JobCard
 
 __all__ = [
@@ -35,10 +36,12 @@ __all__ = [
     "queue_bundle",
     "queue_html",
     "queue_plain",
+    "sweep_grid",
 ]
 
 _cards: weakref.WeakKeyDictionary[Job, JobCard] = weakref.WeakKeyDictionary()
 _boards: weakref.WeakKeyDictionary[ImageQueue, QueueBoard] = weakref.WeakKeyDictionary()
+_grids: weakref.WeakKeyDictionary[ImageQueue, dict[tuple[str, str, str], SweepGrid]] = weakref.WeakKeyDictionary()
 
 STATIC_QUEUED = 5  # queued jobs listed in the static HTML of a queue
 _BOX = "font-family:sans-serif;border:1px solid #ddd;padding:6px"
@@ -70,6 +73,20 @@ def queue_board(queue: ImageQueue) -> QueueBoard:
     if board is None or board.comm is None:
         board = _boards[queue] = QueueBoard(queue)
     return board
+
+
+def sweep_grid(queue: ImageQueue, group: str, *, rows: str, cols: str) -> SweepGrid:
+    """The live sweep grid of ``group`` by ``rows`` and ``cols``: the one made before unless it was closed."""
+    from .grid import SweepGrid
+
+    key = (group, rows, cols)
+    if not all(isinstance(part, str) for part in key):
+        return SweepGrid(queue, group, rows=rows, cols=cols)  # refuses them with a clear message
+    made = _grids.setdefault(queue, {})
+    grid = made.get(key)
+    if grid is None or grid.comm is None:
+        grid = made[key] = SweepGrid(queue, group, rows=rows, cols=cols)
+    return grid
 
 
 def job_plain(job: Job) -> str:
@@ -106,7 +123,10 @@ def queue_html(queue: ImageQueue) -> str:
     """Counts per status and the head of the queue."""
     head, queued = queue.head(STATIC_QUEUED), queue.queued_count()
     jobs = [queue.get(i) for i in head] if not queue.closed else []
-    rows = [QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority) for k, j in enumerate(jobs)]
+    rows = [
+        QueuedRow(position=k + 1, job_id=j.id, prompt=j.prompt, priority=j.priority, model=j.model)
+        for k, j in enumerate(jobs)
+    ]
     return (
         f'<div class="imgnb-queue" style="{_BOX};max-width:900px">'
         f"<div><b>ImageQueue</b> · {queue.state} · {counts_html(queue.counts())}</div>"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..core.describe import attempt_text, ordinal, queue_place, short
-from ..core.records import JobRecord
+from ..core.records import DeviceState, JobRecord, ModelLoad
 from ..core.states import JobStatus
 
 __all__ = [
@@ -23,8 +23,12 @@ __all__ = [
     "StepClock",
     "block",
     "counts_html",
+    "devices_html",
     "duration",
     "job_view",
+    "loading_text",
+    "model_label",
+    "more_html",
     "queued_html",
 ]
 
@@ -97,15 +101,28 @@ class JobView:
     image: str | None
 
 
+def model_label(model: str | None) -> str:
+    """A job's model, in grey, with the separator before it; nothing for an unnamed one."""
+    return f" · <span style='color:#757575'>{html.escape(short(model, 40))}</span>" if model else ""
+
+
+def loading_text(load: ModelLoad, now: float | None) -> str:
+    """'loading sdxl on cuda:0', and for how long when ``now`` is given (escaped HTML)."""
+    text = f"loading {html.escape(load.model)} on {html.escape(load.device)}"
+    return f"{text} · {duration(now - load.since)}" if now is not None else text
+
+
 def _badge(status: JobStatus) -> str:
     return f'<b style="color:{STATUS_COLOURS[status]}">{status.value}</b>'
 
 
-def _state(record: JobRecord, position: int | None) -> str:
+def _state(record: JobRecord, position: int | None, loading: ModelLoad | None) -> str:
     s, details = record.status, []
     if s is JobStatus.QUEUED and position is not None:
         details.append(queue_place(position))
     elif s is JobStatus.PROCESSING:
+        if loading is not None:
+            details.append(loading_text(loading, None))
         if record.max_retries:
             details.append(attempt_text(max(record.attempts, 1), record.max_retries))
         if record.cancel_requested:
@@ -119,13 +136,21 @@ def _state(record: JobRecord, position: int | None) -> str:
     return " · ".join([_badge(s), *details])
 
 
-def _timing(record: JobRecord, step: tuple[int, int] | None, now: float | None, per_step: float | None) -> str:
+def _timing(
+    record: JobRecord,
+    step: tuple[int, int] | None,
+    now: float | None,
+    per_step: float | None,
+    loading: ModelLoad | None,
+) -> str:
     if now is None:
         return ""
     s = record.status
     if s is JobStatus.PROCESSING and record.started_at is not None:
         parts = [f"elapsed {duration(now - record.started_at)}"]
-        if step is not None and step[0] >= 1:
+        if loading is not None:
+            parts.append(f"loading for {duration(now - loading.since)}")
+        elif step is not None and step[0] >= 1:
             mean = per_step if per_step is not None else (now - record.started_at) / step[0]
             parts.append(f"about {duration(mean * (step[1] - step[0]))} left")
         elif 0 < record.progress < 1:  # running in another process: only its stored share is known
@@ -141,9 +166,11 @@ def _timing(record: JobRecord, step: tuple[int, int] | None, now: float | None, 
     return ""
 
 
-def _bar(record: JobRecord, step: tuple[int, int] | None) -> tuple[int, int, str, str]:
+def _bar(record: JobRecord, step: tuple[int, int] | None, loading: bool) -> tuple[int, int, str, str]:
     s, share = record.status, record.progress
     if s is JobStatus.PROCESSING:
+        if loading:
+            return 0, 1, "loading model", "info"
         if step is not None:
             return step[0], step[1], f"step {step[0]}/{step[1]}", "info"
         return round(share * 100), 100, f"{share:.0%}", "info"
@@ -174,22 +201,25 @@ def job_view(
     seconds_per_step: float | None = None,
     notice: str | None = None,
     recheck_every: float | None = None,
+    loading: ModelLoad | None = None,
 ) -> JobView:
     """What to show for a job. ``now`` (epoch seconds) adds the clocks; ``notice`` is shown above
-    the job's own error (a button whose action failed says why there).
+    the job's own error (a button whose action failed says why there); ``loading`` is the model load
+    a running job waits for.
 
     A running job whose lease has run out (its worker died or hangs) is shown as such, with no ETA
     and a still bar: it is not running, whatever its status says until a queue re-queues it, which
     one looking every ``recheck_every`` seconds does by then."""
     s = record.status
-    value, top, text, style = _bar(record, step)
-    state, timing = _state(record, position), _timing(record, step, now, seconds_per_step)
+    loading = loading if s is JobStatus.PROCESSING else None
+    value, top, text, style = _bar(record, step, loading is not None)
+    state, timing = _state(record, position, loading), _timing(record, step, now, seconds_per_step, loading)
     if s is JobStatus.PROCESSING and now is not None and record.lease_until is not None and now > record.lease_until:
         when = f"within {duration(recheck_every)}" if recheck_every is not None else "soon"
         state = f"{_badge(s)} · worker stopped responding · re-queued at its place {when}"
         timing, text, style = "", "stalled", "warning"
     return JobView(
-        title=f"<b>Job {record.id}</b> · {html.escape(short(record.prompt, 80))}",
+        title=f"<b>Job {record.id}</b>{model_label(record.model)} · {html.escape(short(record.prompt, 80))}",
         state=state,
         timing=timing,
         error=_error(record, notice),
@@ -214,6 +244,12 @@ class QueuedRow:
     job_id: int
     prompt: str
     priority: str
+    model: str | None = None
+
+
+def more_html(more: int) -> str:
+    """How many jobs wait behind those listed."""
+    return f"<div style='color:#757575'>+{more:,} more</div>" if more > 0 else ""
 
 
 def queued_html(rows: Sequence[QueuedRow], more: int) -> str:
@@ -223,8 +259,25 @@ def queued_html(rows: Sequence[QueuedRow], more: int) -> str:
     cells = "".join(
         f"<tr><td style='text-align:right;padding-right:8px'>{ordinal(r.position)}</td>"
         f"<td style='padding-right:8px'>#{r.job_id}</td><td>{html.escape(short(r.prompt))}</td>"
+        f"<td style='color:#757575;padding-left:8px'>{html.escape(short(r.model or '', 40))}</td>"
         f"<td style='color:#757575;padding-left:8px'>{'' if r.priority == 'normal' else r.priority}</td></tr>"
         for r in rows
     )
-    tail = f"<div style='color:#757575'>+{more:,} more</div>" if more > 0 else ""
+    tail = more_html(more)
     return block(f"<table style='border-collapse:collapse'>{cells}</table>{tail}")
+
+
+def devices_html(states: Sequence[DeviceState], now: float | None) -> str:
+    """One line per device: what it is loading (and for how long, given ``now``), the models it
+    holds, and how many loads it made and the time they took."""
+    lines = []
+    for state in states:
+        parts = [f"<b>{html.escape(state.device)}</b>"]
+        if state.loading is not None:
+            parts.append(loading_text(state.loading, now))
+        held = ", ".join(html.escape(name) for name in state.loaded)
+        parts.append(f"holds {held}" if held else "holds no model")
+        if state.loads:
+            parts.append(f"{state.loads} load{'s' if state.loads > 1 else ''} in {duration(state.load_seconds)}")
+        lines.append(" · ".join(parts))
+    return block("<br>".join(lines))

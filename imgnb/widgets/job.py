@@ -1,7 +1,8 @@
 """``JobCard``: one job, live, built from stock ipywidgets (nothing to build or install).
 
-It shows the job's state and place in the queue, a progress bar with "step i/n", elapsed time and
-an ETA from the measured step times, attempts and the next retry time, the error of a failed job
+It shows the job's model, state and place in the queue, the model load it waits for ("loading sdxl
+on cuda:0", and for how long), a progress bar with "step i/n", elapsed time and an ETA from the
+measured step times, attempts and the next retry time, the error of a failed job
 and a thumbnail of a finished one, with Cancel and Retry buttons. It follows the queue's events,
 redrawing at most ten times a second, and only the traits that changed are sent.
 """
@@ -124,6 +125,7 @@ class JobCard(LiveBox):
             seconds_per_step=self._clock.seconds_per_step(),
             notice=self._notice,
             recheck_every=job.queue.lease_policy.heartbeat,
+            loading=job.loading,
         )
 
     @staticmethod

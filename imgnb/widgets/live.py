@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ class LiveUpdates:
         self.events = 0  # events this widget wanted (for tests and measurements)
         self.redraws = 0
         self._unsubscribe = queue.subscribe(self._on_event)
+        self._unhook = self._flush_after_each_cell()
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -108,9 +110,33 @@ class LiveUpdates:
         self._last = self._loop.time()
         self.redraws += 1
         try:
-            self._redraw()
+            # In a fresh context: ipykernel sends a widget message on behalf of the request whose
+            # context the code runs in, and a redraw woken by a worker task runs in the context of
+            # the cell that opened the queue. nbclient (nbconvert --execute, papermill) records only
+            # the cell running now, so a saved notebook would keep widgets as they were. In no
+            # context, ipykernel falls back to the latest request.
+            contextvars.Context().run(self._redraw)
         except Exception:  # a broken redraw must not stop the next ones, nor the loop
             log.exception("imgnb: widget redraw failed")
+
+    def _flush_after_each_cell(self) -> Callable[[], None]:
+        """In IPython, draw what is pending when a cell ends, on behalf of that cell: the last job of
+        a cell that waits for its jobs completes a moment before its redraw is due, and nbclient
+        would not see a redraw sent once the cell is over. Returns the function that unhooks it."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            return lambda: None
+
+        def flush(result: object = None) -> None:
+            # on the loop's thread only, where redraws run (the kernel's loop; not a terminal IPython's)
+            if self._due is not None and self._qloop.on_loop_thread():
+                self._due.cancel()
+                self._run()
+
+        shell.events.register("post_run_cell", flush)
+        return lambda: shell.events.unregister("post_run_cell", flush)
 
     @property
     def pending(self) -> bool:
@@ -125,6 +151,8 @@ class LiveUpdates:
         """Unsubscribe and drop any scheduled redraw (for ``close()``)."""
         self._stopped = True
         self._unsubscribe()
+        self._unhook()
+        self._unhook = lambda: None
         for handle in (self._due, self._tick):
             if handle is not None:
                 self._qloop.call(handle.cancel)
