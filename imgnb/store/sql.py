@@ -89,6 +89,7 @@ def _history_schema(dialect: str) -> tuple[str, ...]:
         str(sa.schema.CreateTable(job_count, if_not_exists=True).compile(dialect=compiler)),
         *COUNT_TRIGGERS[dialect],
         "DELETE FROM imgnb_count",
+        *(("DELETE FROM imgnb_count_part",) if dialect == "postgresql" else ()),  # the recount below is whole
         COUNT_ROWS,
         "UPDATE imgnb_count SET n = (SELECT count(*) FROM imgnb_job WHERE imgnb_job.status = imgnb_count.status)",
         *(str(sa.schema.CreateIndex(ix, if_not_exists=True).compile(dialect=compiler)) for ix in indexes),
@@ -113,8 +114,10 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
         for dialect in ("postgresql", "sqlite")
     },
     3: {dialect: _history_schema(dialect) for dialect in ("postgresql", "sqlite")},  # counts, history indexes
-    4: {  # PostgreSQL's revisions come from a sequence (see the module's docstring), numbered on
+    4: {  # PostgreSQL's revisions come from a sequence (see the module's docstring), numbered on;
+        # its counts are kept in parts (schema.CountRow)
         "postgresql": (
+            *COUNT_TRIGGERS["postgresql"],
             *_PG_REVISIONS,
             "SELECT setval('imgnb_revision', greatest(m.revision, j.revision, s.last_value, 1))"
             " FROM imgnb_meta m, (SELECT coalesce(max(revision), 0) AS revision FROM imgnb_job) j, imgnb_revision s",
@@ -191,6 +194,13 @@ _ADDED = (  # the columns ``add`` writes, each its own parameter: rows go to the
 )  # fmt: skip
 _INSERT = sa.insert(job).values({name: B(f"b_{name}") for name in _ADDED})
 _COUNT_ADDED = sa.update(job_count).where(job_count.c.status == B("b_status")).values(n=job_count.c.n + B("b_n"))
+_COUNTS: dict[str, sa.Executable] = {
+    "sqlite": sa.select(job_count.c.status, job_count.c.n),
+    "postgresql": sa.text(
+        "SELECT status, sum(n) AS n FROM (SELECT status, n FROM imgnb_count"
+        " UNION ALL SELECT status, n FROM imgnb_count_part) AS counted GROUP BY status"
+    ),
+}
 _IDS_OF_REVISION = sa.select(job.c.id, job.c.seq).where(job.c.revision == B("b_rev"))
 _ID_RANGE_OF_REVISION = sa.select(
     sa.func.min(job.c.id).label("low"), sa.func.max(job.c.id).label("high"), sa.func.count().label("n")
@@ -745,9 +755,10 @@ class SQLStore(Store):
             return [_record(r) for r in conn.execute(query)]
 
     def counts(self) -> dict[JobStatus, int]:
-        """From ``imgnb_count``, kept by triggers: the same cost at any number of jobs."""
+        """From ``imgnb_count`` (and on PostgreSQL its parts), kept by triggers: the same cost at
+        any number of jobs."""
         with self._read() as conn:
-            found = {status: n for status, n in conn.execute(sa.select(job_count.c.status, job_count.c.n))}
+            found = {status: n for status, n in conn.execute(_COUNTS[self.dialect])}
         return {s: int(found.get(s.value, 0)) for s in JobStatus}
 
     def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
