@@ -69,7 +69,7 @@ def _close_open_queues() -> None:
 T = TypeVar("T")
 _BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
 _CATCH_UP_RETRY = 0.005  # seconds before an announced write a read did not reach is looked for again
-_CATCH_UP_BURST, _CATCH_UP_GAP = 4, 0.05  # reads for announced writes: 4 at once, at most 20 a second
+_CATCH_UP_BURST, _CATCH_UP_GAP = 4, 0.02  # reads for announced writes: 4 at once, at most 50 a second
 
 
 class ImageQueue:
