@@ -1,15 +1,18 @@
 """A worker process for the multi-process tests: runs a queue on DB until killed or idle.
 
 Each run appends ``pid job_id start end`` to LOG, so the test can check that no two runs on one
-device overlapped and that no job ran twice unnoticed.
+device overlapped and that no job ran twice unnoticed. A job's ``steps`` and ``step_time``
+parameters override ``--steps`` and ``--step-time``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
+from typing import Any
 
 from PIL import Image
 
@@ -27,13 +30,27 @@ def main() -> None:
     parser.add_argument(
         "--exit-while-running", action="store_true", help="sys.exit(0) without close() once a job runs here"
     )
+    parser.add_argument("--die-after-write", action="store_true", help="SIGKILL itself once a job's images are written")
     args = parser.parse_args()
+    if args.die_after_write:
+        import imgnb.queue.worker as worker_module
+
+        write = worker_module.save_images
+
+        def write_then_die(*given: Any) -> list[str]:
+            write(*given)
+            os.kill(os.getpid(), signal.SIGKILL)
+            raise AssertionError("unreachable")
+
+        worker_module.save_images = write_then_die
 
     def generator(request: GenerationRequest, on_step: object) -> list[Image.Image]:
         start = time.time()
-        for step in range(1, args.steps + 1):
-            time.sleep(args.step_time)
-            on_step(step, args.steps)  # type: ignore[operator]
+        steps = int(request.params.get("steps", args.steps))  # a job may ask for its own
+        step_time = float(request.params.get("step_time", args.step_time))
+        for step in range(1, steps + 1):
+            time.sleep(step_time)
+            on_step(step, steps)  # type: ignore[operator]
         with open(args.log, "a") as log:
             log.write(f"{os.getpid()} {request.job_id} {start} {time.time()}\n")
         return [Image.new("RGB", (8, 8), (request.seed % 256, 0, 0))]

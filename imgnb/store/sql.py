@@ -1,10 +1,21 @@
 """``SQLStore``: the Store over SQLAlchemy, for SQLite files and PostgreSQL servers alike.
 
-Every write transaction first bumps the single ``imgnb_meta`` row. On SQLite that row is free
-(``BEGIN IMMEDIATE`` already serialises writers); on PostgreSQL its row lock orders all writers,
-so revisions become visible in the order they were handed out (a reader that saw revision N has
-seen every change up to N) and no two writers can deadlock on job and device rows. The same order
-makes ``update_metadata``'s read, merge in Python and write atomic.
+Every write transaction takes a revision first and stamps the rows it changes with it; a reader
+that saw revision N has seen every change up to N. How, per database:
+
+- SQLite: the ``imgnb_meta`` row's counter. It costs nothing there: ``BEGIN IMMEDIATE`` already
+  serialises writers, so revisions are committed in the order they were handed out.
+- PostgreSQL: the sequence ``imgnb_revision``, so that writers do not queue on one row (with the
+  counter row, 8 worker processes claimed and finished fewer jobs per second than 1: each held
+  the row across its round trips). Revisions then commit out of order, so readers read only up to
+  a *watermark*: below the revision of every write still in flight. A write registers itself
+  before it draws its revision, with a shared advisory lock keyed by a lower bound of that revision
+  (``_PG_DRAW``); a reader reads how far the sequence has gone, then the lowest registered bound
+  (``_watermark``). A row's revision only grows (the trigger ``imgnb_job_restamp`` gives a row
+  changed by a transaction that drew its revision earlier a new one). Writes that read then
+  write a row lock it first (``FOR UPDATE``); rows are locked devices first, jobs by id, so two
+  writers never deadlock. Each write announces its revision at commit (``NOTIFY imgnb``) for
+  listeners (``listen``).
 
 Every database failure leaves this class as a ``DatabaseError`` naming its cause (``_guarded``).
 A row imgnb cannot decode (written by something else, or by an older imgnb without limits) reads as
@@ -15,7 +26,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +47,8 @@ from ..core.validation import MAX_MODEL_LENGTH, json_data, validate_group, valid
 from ..errors import DatabaseError, DatabaseURLError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
+from .notify import Listener
+from .prepared import Prepared, Row
 from .schema import COUNT_ROWS, COUNT_TRIGGERS, SCHEMA_VERSION, CountRow, DeviceRow, JobRow, MetaRow
 
 __all__ = ["SQLStore"]
@@ -46,6 +59,24 @@ device_lock = DeviceRow.__table__  # type: ignore[attr-defined]
 job_count = CountRow.__table__  # type: ignore[attr-defined]
 
 _PG_INIT_LOCK = 0x1AB9  # advisory lock: two processes creating the schema at once take turns
+_CHANNEL = "imgnb"  # PostgreSQL: every write transaction announces its revision here at commit
+_IN_FLIGHT_KEYS = 0x1AB9 << 48  # PostgreSQL: advisory locks on keys + bound mark writes in flight
+
+# PostgreSQL: the revisions' sequence, and the trigger that keeps a row's revision growing
+_PG_REVISIONS = (  # as they run in a migration too: idempotent
+    "CREATE SEQUENCE IF NOT EXISTS imgnb_revision",
+    """CREATE OR REPLACE FUNCTION imgnb_job_restamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.revision < OLD.revision THEN
+        NEW.revision := nextval('imgnb_revision');
+    END IF;
+    RETURN NEW;
+END
+$$""",
+    "DROP TRIGGER IF EXISTS imgnb_job_restamp ON imgnb_job",
+    "CREATE TRIGGER imgnb_job_restamp BEFORE UPDATE ON imgnb_job FOR EACH ROW EXECUTE FUNCTION imgnb_job_restamp()",
+)
+
 _HISTORY_INDEXES = ("imgnb_job_status_id", "imgnb_job_finished", "imgnb_job_seq")
 
 
@@ -58,6 +89,7 @@ def _history_schema(dialect: str) -> tuple[str, ...]:
         str(sa.schema.CreateTable(job_count, if_not_exists=True).compile(dialect=compiler)),
         *COUNT_TRIGGERS[dialect],
         "DELETE FROM imgnb_count",
+        *(("DELETE FROM imgnb_count_part",) if dialect == "postgresql" else ()),  # the recount below is whole
         COUNT_ROWS,
         "UPDATE imgnb_count SET n = (SELECT count(*) FROM imgnb_job WHERE imgnb_job.status = imgnb_count.status)",
         *(str(sa.schema.CreateIndex(ix, if_not_exists=True).compile(dialect=compiler)) for ix in indexes),
@@ -82,6 +114,16 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
         for dialect in ("postgresql", "sqlite")
     },
     3: {dialect: _history_schema(dialect) for dialect in ("postgresql", "sqlite")},  # counts, history indexes
+    4: {  # PostgreSQL's revisions come from a sequence (see the module's docstring), numbered on;
+        # its counts are kept in parts (schema.CountRow)
+        "postgresql": (
+            *COUNT_TRIGGERS["postgresql"],
+            *_PG_REVISIONS,
+            "SELECT setval('imgnb_revision', greatest(m.revision, j.revision, s.last_value, 1))"
+            " FROM imgnb_meta m, (SELECT coalesce(max(revision), 0) AS revision FROM imgnb_job) j, imgnb_revision s",
+        ),
+        "sqlite": (),
+    },
 }
 
 # Hot-path statements are built once, with bound parameters: building a statement with many
@@ -123,9 +165,46 @@ _BUMP = sa.update(counters).values(revision=counters.c.revision + 1).returning(c
 _TAKE_SEQ = sa.update(counters).values(next_seq=counters.c.next_seq + B("b_n")).returning(counters.c.next_seq)
 _REVISION = sa.select(counters.c.revision)
 _GET = sa.select(job).where(job.c.id == B("b_id"))
-_INSERT = sa.insert(job)
+_CHANGED = (
+    sa.select(job).where(job.c.revision > B("b_rev"), job.c.revision <= B("b_upto")).order_by(job.c.revision, job.c.id)
+)
+_GET_LOCKED = _GET.with_for_update()  # in a write that reads, then writes, the row
+# PostgreSQL: register as in flight (lower bound: the sequence's last value - 1), then draw, and
+# announce the revision at commit. OFFSET 0 keeps each step a subquery evaluated before the next.
+_PG_DRAW = sa.text(
+    "SELECT drawn.revision, pg_notify(:channel, drawn.revision::text) FROM ("
+    " SELECT nextval('imgnb_revision') AS revision FROM ("
+    "  SELECT pg_advisory_xact_lock_shared(:keys + last_value - 1) FROM imgnb_revision OFFSET 0"
+    " ) AS registered OFFSET 0) AS drawn"
+)
+_PG_HANDED_OUT = sa.text(  # and whether the bookkeeping row is there, as SQLite's counter read tells
+    "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS handed_out,"
+    " EXISTS (SELECT 1 FROM imgnb_meta) AS kept FROM imgnb_revision"
+)
+_PG_IN_FLIGHT = sa.text(
+    "SELECT min(((classid::bigint << 32) | objid::bigint) - :keys) AS bound FROM pg_locks"
+    " WHERE locktype = 'advisory' AND objsubid = 1"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND classid::bigint BETWEEN (:keys >> 32) AND (:keys >> 32) + 65535"
+)
+_ADDED = (  # the columns ``add`` writes, each its own parameter: rows go to the driver's executemany as they are
+    "seq", "status", "priority", "group_name", "prompt", "params", "seed", "meta", "timeout", "max_retries",
+    "attempts", "progress", "images", "created_at", "updated_at", "run_at", "cancel_requested", "batch_key", "model",
+    "passed_over", "revision",
+)  # fmt: skip
+_INSERT = sa.insert(job).values({name: B(f"b_{name}") for name in _ADDED})
 _COUNT_ADDED = sa.update(job_count).where(job_count.c.status == B("b_status")).values(n=job_count.c.n + B("b_n"))
+_COUNTS: dict[str, sa.Executable] = {
+    "sqlite": sa.select(job_count.c.status, job_count.c.n),
+    "postgresql": sa.text(
+        "SELECT status, sum(n) AS n FROM (SELECT status, n FROM imgnb_count"
+        " UNION ALL SELECT status, n FROM imgnb_count_part) AS counted GROUP BY status"
+    ),
+}
 _IDS_OF_REVISION = sa.select(job.c.id, job.c.seq).where(job.c.revision == B("b_rev"))
+_ID_RANGE_OF_REVISION = sa.select(
+    sa.func.min(job.c.id).label("low"), sa.func.max(job.c.id).label("high"), sa.func.count().label("n")
+).where(job.c.revision == B("b_rev"))
 _LOCK_DEVICE = (
     sa.update(device_lock)
     .where(
@@ -322,6 +401,13 @@ class SQLStore(Store):
         self.dialect = self.engine.dialect.name
         self._name = str(self.url.database) if self.dialect == "sqlite" else self.url.render_as_string(True)
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
+        self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error  # from Prepared statements
+        self._prepared: dict[sa.Executable, Prepared] = {}
+        self._own_backends: set[int] = set()  # PostgreSQL: this store's sessions, whose writes it does not announce
+        self._listeners: list[Listener] = []
+        if self.dialect == "postgresql":
+            sa.event.listen(self.engine, "connect", self._opened)
+            sa.event.listen(self.engine, "close", self._closed)
         self._devices: set[str] = set()  # lock rows known to exist
         try:
             self._prepare()
@@ -340,7 +426,7 @@ class SQLStore(Store):
         an ``ImgnbError``: every transaction below runs inside it."""
         try:
             yield
-        except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's own: from a raw connection
+        except (sa.exc.SQLAlchemyError, sqlite3.Error, self._driver_error) as exc:  # the driver's own: raw cursors
             raise self._failure(exc, opening=opening) from exc
 
     def _failure(self, exc: Exception, *, opening: bool) -> DatabaseError:
@@ -395,6 +481,9 @@ class SQLStore(Store):
                 for statement in (COUNT_ROWS, *COUNT_TRIGGERS[self.dialect]):
                     conn.exec_driver_sql(statement)
                 conn.execute(sa.insert(counters).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0))
+                if self.dialect == "postgresql":
+                    for statement in _PG_REVISIONS:
+                        conn.exec_driver_sql(statement)
                 return
             for step in range(version, SCHEMA_VERSION):
                 for statement in _MIGRATIONS[step][self.dialect]:
@@ -461,48 +550,98 @@ class SQLStore(Store):
         with self._guarded(), self._reader.begin() as conn:
             yield conn
 
+    def _fast(self, statement: sa.Executable) -> Prepared:
+        """``statement`` compiled once for this database, to run on the driver's cursor (hot paths)."""
+        prepared = self._prepared.get(statement)
+        if prepared is None:
+            prepared = self._prepared[statement] = Prepared(statement, self.engine.dialect)
+        return prepared
+
     def _bump(self, conn: sa.Connection) -> int:
-        revision = conn.execute(_BUMP).scalar()
-        if revision is None:
+        """This write transaction's revision: the first statement of every write."""
+        if self.dialect == "postgresql":
+            drawn = self._fast(_PG_DRAW).rows(conn, {"channel": _CHANNEL, "keys": _IN_FLIGHT_KEYS})
+            return int(drawn[0]["revision"])
+        rows = self._fast(_BUMP).rows(conn, {})
+        if not rows:
             raise self._damaged()
-        return int(revision)
+        return int(rows[0]["revision"])
 
     def _revision(self, conn: sa.Connection) -> int:
-        revision = conn.execute(_REVISION).scalar()
-        if revision is None:
+        """The revision up to which every change is committed and can be read."""
+        if self.dialect == "postgresql":
+            return self._watermark(conn)
+        rows = self._fast(_REVISION).rows(conn, {})
+        if not rows:
             raise self._damaged()
-        return int(revision)
+        return int(rows[0]["revision"])
 
-    @staticmethod
-    def _take_seq(conn: sa.Connection, n: int) -> int:
+    def _watermark(self, conn: sa.Connection) -> int:
+        """PostgreSQL: how far the sequence has gone, held below the bound of every write still in
+        flight. Read in this order: a write that drew a revision before the first read had
+        registered before it too, so the second read sees its bound."""
+        (sequence,) = self._fast(_PG_HANDED_OUT).rows(conn, {})
+        if not sequence["kept"]:
+            raise self._damaged()
+        handed_out = int(sequence["handed_out"])
+        bound = self._fast(_PG_IN_FLIGHT).rows(conn, {"keys": _IN_FLIGHT_KEYS})[0]["bound"]
+        return handed_out if bound is None else min(handed_out, int(bound))
+
+    def _take_seq(self, conn: sa.Connection, n: int) -> int:
         """Reserve ``n`` consecutive run-order numbers; returns the first. The one place ``seq`` is made."""
-        return int(conn.execute(_TAKE_SEQ, _args(n=n)).scalar_one()) - n
+        taken = conn.execute(_TAKE_SEQ, _args(n=n)).scalar()
+        if taken is None:
+            raise self._damaged()
+        return int(taken) - n
 
-    @staticmethod
-    def _one(conn: sa.Connection, job_id: int) -> JobRecord:
-        row = conn.execute(_GET, _args(id=job_id)).first()
-        if row is None:
+    def _ids_of(self, conn: sa.Connection, rev: int, first_seq: int, n: int) -> list[int]:
+        """The ids of the ``n`` rows ``add`` just inserted at revision ``rev``, in ``seq`` order. The
+        database hands out ids in insert order, so they are one range unless another session took
+        ids in between (PostgreSQL); only then are they read one by one."""
+        (span,) = self._fast(_ID_RANGE_OF_REVISION).rows(conn, _args(rev=rev))
+        if span["n"] == n and span["high"] - span["low"] + 1 == n:
+            return list(range(span["low"], span["high"] + 1))
+        id_of_seq = {r["seq"]: r["id"] for r in self._fast(_IDS_OF_REVISION).rows(conn, _args(rev=rev))}
+        return [id_of_seq[first_seq + i] for i in range(n)]
+
+    def _one(self, conn: sa.Connection, job_id: int, *, lock: bool = False) -> JobRecord:
+        """One job; ``lock``: locked until the transaction ends (a write that reads, then writes it)."""
+        rows = self._fast(_GET_LOCKED if lock else _GET).rows(conn, _args(id=job_id))
+        if not rows:
             raise JobNotFound(f"no job with id {job_id}")
-        return _record(row)
+        return _decode(job_id, rows[0])[0]
+
+    def _lock_order(self, conn: sa.Connection) -> None:
+        """PostgreSQL: take the run-order counter's row, as ``_take_seq`` does, for a write that
+        reads the order before it hands out numbers. Rows are locked before it, as by every write
+        that takes both."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.select(counters.c.next_seq).with_for_update())
+
+    def _lock_jobs(self, conn: sa.Connection, where: Any) -> None:
+        """PostgreSQL: lock the jobs matching ``where`` in id order before a write changes several,
+        the order every such write follows, so that two of them never wait on each other. (SQLite's
+        write lock is the whole database already.)"""
+        if self.dialect == "postgresql":
+            conn.execute(sa.select(job.c.id).where(where).order_by(job.c.id).with_for_update())
 
     @staticmethod
     def _update_one(conn: sa.Connection, job_id: int, *where: Any, **values: Any) -> JobRecord | None:
         row = conn.execute(sa.update(job).where(job.c.id == job_id, *where).values(**values).returning(*job.c)).first()
         return None if row is None else _record(row)
 
-    @staticmethod
     def _claim_next(
-        conn: sa.Connection, args: dict[str, Any], loaded: Collection[str | None], affinity: int
-    ) -> sa.Row[Any] | None:
+        self, conn: sa.Connection, args: dict[str, Any], loaded: Collection[str | None], affinity: int
+    ) -> Row | None:
         """Claim the job ``core.affinity.pick`` chooses: the head of the queue, or with affinity one
         for a loaded model a few places behind it, counting a pass for each job it goes past."""
         if affinity <= 0 or not loaded:
-            return conn.execute(_CLAIM_HEAD, args).first()
+            return next(iter(self._fast(_CLAIM_HEAD).rows(conn, args)), None)
         window = conn.execute(_WINDOW, {"b_n": affinity + 1}).all()
         if not window:
             return None
         k = pick([Waiting(r.priority, r.model, r.passed_over) for r in window], loaded=loaded, affinity=affinity)
-        row = conn.execute(_CLAIM_ID, {**args, "b_id": window[k].id}).first()
+        row = next(iter(self._fast(_CLAIM_ID).rows(conn, {**args, "b_id": window[k].id})), None)
         if k:
             conn.execute(_PASS_OVER, {"b_ids": [r.id for r in window[:k]]})
         return row
@@ -532,39 +671,60 @@ class SQLStore(Store):
             return []
         with self._write() as (conn, rev):
             first = self._take_seq(conn, len(specs))
-            rows: list[dict[str, Any]] = [
+            # one dict literal per row, JSON of empty dicts not encoded: 100,000 rows are built here
+            rows: list[Row] = [
                 {
-                    "seq": first + i,
-                    "status": _QUEUED,
-                    "priority": spec.priority,
-                    "group_name": spec.group,
-                    "prompt": spec.prompt,
-                    "params": _dumps(spec.params),
-                    "seed": spec.seed,
-                    "meta": _dumps(spec.metadata),
-                    "timeout": spec.timeout,
-                    "max_retries": spec.max_retries,
-                    "attempts": 0,
-                    "progress": 0.0,
-                    "images": "[]",
-                    "created_at": now,
-                    "updated_at": now,
-                    "run_at": now,
-                    "cancel_requested": False,
-                    "batch_key": key,
-                    "model": spec.model,
-                    "passed_over": 0,
-                    "revision": rev,
+                    "b_seq": first + i,
+                    "b_status": _QUEUED,
+                    "b_priority": spec.priority,
+                    "b_group_name": spec.group,
+                    "b_prompt": spec.prompt,
+                    "b_params": _dumps(spec.params) if spec.params else "{}",
+                    "b_seed": spec.seed,
+                    "b_meta": _dumps(spec.metadata) if spec.metadata else "{}",
+                    "b_timeout": spec.timeout,
+                    "b_max_retries": spec.max_retries,
+                    "b_attempts": 0,
+                    "b_progress": 0.0,
+                    "b_images": "[]",
+                    "b_created_at": now,
+                    "b_updated_at": now,
+                    "b_run_at": now,
+                    "b_cancel_requested": False,
+                    "b_batch_key": key,
+                    "b_model": spec.model,
+                    "b_passed_over": 0,
+                    "b_revision": rev,
                 }
                 for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True))
             ]
-            # a plain executemany: RETURNING with ordered rows makes SQLAlchemy insert one row per
-            # statement. Only this transaction's rows carry its revision, so read their ids by it.
-            conn.execute(_INSERT, rows)
-            conn.execute(_COUNT_ADDED, _args(status=_QUEUED, n=len(rows)))  # inserts are counted here (schema.CountRow)
-            id_of_seq: dict[int, int] = {seq: job_id for job_id, seq in conn.execute(_IDS_OF_REVISION, _args(rev=rev))}
-        # build the records from what was written rather than reading every column back
-        return [_decode(id_of_seq[row["seq"]], row)[0] for row in rows]
+            # a plain executemany: RETURNING with ordered rows would insert one row per statement.
+            # Only this transaction's rows carry its revision, so their ids are found by it.
+            self._fast(_INSERT).many(conn, rows)
+            self._fast(_COUNT_ADDED).rowcount(conn, _args(status=_QUEUED, n=len(rows)))  # inserts are counted here
+            ids = self._ids_of(conn, rev, first, len(rows))
+        # the records are the specs as stored: their JSON already made its round trip at validation
+        return [
+            JobRecord(
+                id=ids[i],
+                seq=first + i,
+                status=JobStatus.QUEUED,
+                priority=spec.priority,
+                group=spec.group,
+                prompt=spec.prompt,
+                params=spec.params,
+                seed=spec.seed,
+                metadata=spec.metadata,
+                timeout=spec.timeout,
+                max_retries=spec.max_retries,
+                model=spec.model,
+                created_at=now,
+                updated_at=now,
+                run_at=now,
+                revision=rev,
+            )
+            for i, spec in enumerate(specs)
+        ]
 
     def get(self, job_id: int) -> JobRecord:
         job_id = validate_job_id(job_id)
@@ -595,9 +755,10 @@ class SQLStore(Store):
             return [_record(r) for r in conn.execute(query)]
 
     def counts(self) -> dict[JobStatus, int]:
-        """From ``imgnb_count``, kept by triggers: the same cost at any number of jobs."""
+        """From ``imgnb_count`` (and on PostgreSQL its parts), kept by triggers: the same cost at
+        any number of jobs."""
         with self._read() as conn:
-            found = {status: n for status, n in conn.execute(sa.select(job_count.c.status, job_count.c.n))}
+            found = {status: n for status, n in conn.execute(_COUNTS[self.dialect])}
         return {s: int(found.get(s.value, 0)) for s in JobStatus}
 
     def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
@@ -613,8 +774,8 @@ class SQLStore(Store):
             current = self._revision(conn)
             if current <= revision:
                 return current, []
-            rows = conn.execute(sa.select(job).where(job.c.revision > revision).order_by(job.c.revision, job.c.id))
-            return current, [_record(r) for r in rows]
+            rows = self._fast(_CHANGED).rows(conn, _args(rev=revision, upto=current))
+            return current, [_decode(r["id"], r)[0] for r in rows]
 
     def claim(
         self,
@@ -637,12 +798,12 @@ class SQLStore(Store):
         with self._guarded(), self.engine.connect() as conn, conn.begin() as txn:
             rev = self._bump(conn)
             args = _args(owner=owner, device=device, now=now, until=now + lease, rev=rev)
-            if not conn.execute(_LOCK_DEVICE, args).rowcount:
+            if not self._fast(_LOCK_DEVICE).rowcount(conn, args):
                 txn.rollback()  # held by a live owner: leave the lock and the revision as they were
                 return []
             failed = False
             while (head := self._claim_next(conn, args, loaded, affinity)) is not None:
-                first, problem = _decode(head._mapping["id"], head._mapping)
+                first, problem = _decode(head["id"], head)
                 if problem is None:
                     break
                 self._fail_unreadable(conn, first.id, problem, now=now, rev=rev)
@@ -659,7 +820,7 @@ class SQLStore(Store):
                 txn.commit()
                 return []
             claimed = [first]
-            key = head._mapping["batch_key"]
+            key = head["batch_key"]
             if batch_size > 1 and key is not None and first.attempts == 1:
                 mates = []
                 for row in conn.execute(_CLAIM_MATES, {**args, **_args(key=key, n=batch_size - 1)}).all():
@@ -686,9 +847,11 @@ class SQLStore(Store):
             )
             if not job_ids:
                 return set()
+            held = sa.and_(job.c.id.in_(list(job_ids)), job.c.owner == owner, job.c.status == _PROCESSING)
+            self._lock_jobs(conn, held)
             rows = conn.execute(
                 sa.update(job)
-                .where(job.c.id.in_(list(job_ids)), job.c.owner == owner, job.c.status == _PROCESSING)
+                .where(held)
                 .values(lease_until=now + lease, revision=rev)  # watchers see the lease move
                 .returning(job.c.id, job.c.cancel_requested)
             ).all()
@@ -704,7 +867,7 @@ class SQLStore(Store):
 
     def set_progress(self, job_id: int, *, owner: str, progress: float, now: float) -> None:
         with self._write() as (conn, rev):
-            conn.execute(_SET_PROGRESS, _args(id=job_id, owner=owner, progress=progress, now=now, rev=rev))
+            self._fast(_SET_PROGRESS).rowcount(conn, _args(id=job_id, owner=owner, progress=progress, now=now, rev=rev))
 
     def finish(
         self,
@@ -731,13 +894,13 @@ class SQLStore(Store):
             progress=1.0 if status is JobStatus.COMPLETE else None if final else 0.0,
         )
         with self._write() as (conn, rev):
-            row = conn.execute(_FINISH, {**args, "b_rev": rev}).first()
-            return None if row is None else _record(row)
+            rows = self._fast(_FINISH).rows(conn, {**args, "b_rev": rev})
+            return _decode(job_id, rows[0])[0] if rows else None
 
     def cancel(self, job_id: int, *, now: float) -> JobRecord:
         job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
-            current = self._one(conn, job_id)
+            current = self._one(conn, job_id, lock=True)
             if current.status is JobStatus.PROCESSING:
                 values: dict[str, Any] = {"cancel_requested": True}
             else:
@@ -750,7 +913,7 @@ class SQLStore(Store):
     def requeue(self, job_id: int, *, now: float) -> JobRecord:
         job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
-            check_transition(self._one(conn, job_id).status, JobStatus.QUEUED)
+            check_transition(self._one(conn, job_id, lock=True).status, JobStatus.QUEUED)
             seq = self._take_seq(conn, 1)
             updated = self._update_one(
                 conn,
@@ -770,6 +933,7 @@ class SQLStore(Store):
             if conn.execute(sa.select(job.c.id).where(due).limit(1)).first() is None:
                 return []
         with self._write() as (conn, rev):
+            self._lock_jobs(conn, due)
             rows = conn.execute(
                 sa.update(job)
                 .where(due)
@@ -809,7 +973,7 @@ class SQLStore(Store):
         """Put the jobs matching ``where`` back at their old place, or in error once their retries
         are spent: the one rule for a worker that was lost, by lease or by a dead process."""
         recovered = []
-        for row in conn.execute(sa.select(job).where(where)).all():
+        for row in conn.execute(sa.select(job).where(where).order_by(job.c.id).with_for_update()).all():
             lost = _record(row)
             said = f"its worker {lost.owner} {why} during attempt {lost.attempts}"
             values: dict[str, Any] = (
@@ -837,9 +1001,11 @@ class SQLStore(Store):
             conn.execute(
                 sa.update(device_lock).where(device_lock.c.owner == owner).values(owner=None, lease_until=None)
             )
+            held = sa.and_(job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
+            self._lock_jobs(conn, held)
             rows = conn.execute(
                 sa.update(job)
-                .where(job.c.owner == owner, job.c.status == JobStatus.PROCESSING.value)
+                .where(held)
                 .values(
                     status=JobStatus.QUEUED.value,
                     attempts=job.c.attempts - 1,
@@ -854,11 +1020,11 @@ class SQLStore(Store):
             return [_record(r) for r in rows]
 
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
-        """Read, merge in Python and write in one transaction: writers are serialised (see the
-        module's docstring), so concurrent patches all land."""
+        """Read, merge in Python and write in one transaction, the row locked from the read on, so
+        concurrent patches all land."""
         job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
-            stored = conn.execute(sa.select(job.c.meta).where(job.c.id == job_id)).scalar()
+            stored = conn.execute(sa.select(job.c.meta).where(job.c.id == job_id).with_for_update()).scalar()
             if stored is None:
                 raise JobNotFound(f"no job with id {job_id}")
             current, problem = _loads(stored, dict)
@@ -868,6 +1034,24 @@ class SQLStore(Store):
             updated = self._update_one(conn, job_id, meta=_dumps(merged), revision=rev)
             assert updated is not None  # the row is locked by this transaction
             return updated
+
+    def listen(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
+        """PostgreSQL: a ``LISTEN`` session of its own (see ``notify.Listener``). SQLite cannot
+        announce writes: the base class's ``stop`` that does nothing."""
+        if self.dialect != "postgresql":
+            return super().listen(callback)
+        cargs, cparams = self.engine.dialect.create_connect_args(self.url)
+        listener = Listener(
+            lambda: self.engine.dialect.connect(*cargs, **cparams), _CHANNEL, callback, ignore=self._own_backends
+        )
+        self._listeners.append(listener)
+        return listener.stop
+
+    def _opened(self, dbapi_connection: Any, _record: Any) -> None:
+        self._own_backends.add(dbapi_connection.info.backend_pid)
+
+    def _closed(self, dbapi_connection: Any, _record: Any) -> None:
+        self._own_backends.discard(dbapi_connection.info.backend_pid)
 
     def default_images_dir(self) -> Path:
         """``runs/jobs.db`` keeps its images in ``runs/jobs-images/``; a server database in
@@ -879,6 +1063,8 @@ class SQLStore(Store):
         return Path("imgnb-images") / (database or "default")
 
     def close(self) -> None:
+        for listener in self._listeners:
+            listener.stop()
         self.engine.dispose()
 
     # -- history: pages, pruning, editing waiting jobs ------------------------------------------
@@ -939,6 +1125,7 @@ class SQLStore(Store):
             where.append(job.c.group_name == validate_group(group))
         values = {"status": JobStatus.CANCELLED, "finished_at": now, "error": None, "updated_at": now}
         with self._write() as (conn, rev):
+            self._lock_jobs(conn, sa.and_(*where))
             stored = {**values, "status": JobStatus.CANCELLED.value, "revision": rev}
             ids = conn.execute(sa.update(job).where(*where).values(**stored).returning(job.c.id)).scalars().all()
         return BulkChange(ids=tuple(sorted(ids)), revision=rev, values=values)
@@ -948,6 +1135,7 @@ class SQLStore(Store):
         if group is not None:
             failed.append(job.c.group_name == validate_group(group))
         with self._write() as (conn, rev):
+            self._lock_jobs(conn, sa.and_(*failed))
             n = conn.execute(sa.select(sa.func.count()).select_from(job).where(*failed)).scalar_one()
             if not n:
                 return []
@@ -974,7 +1162,7 @@ class SQLStore(Store):
     def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:
         job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
-            current = self._one(conn, job_id)
+            current = self._one(conn, job_id, lock=True)
             check_editable(job_id, current.status, "given another priority")
             if current.priority == priority:
                 return current
@@ -986,12 +1174,15 @@ class SQLStore(Store):
     def move(self, job_id: int, *, to: Place | int, now: float) -> list[JobRecord]:
         job_id = validate_job_id(job_id)
         with self._write() as (conn, rev):
+            target_id = None if isinstance(to, Place) else validate_job_id(to)
+            self._lock_jobs(conn, job.c.id.in_([job_id] if target_id is None else [job_id, target_id]))
+            self._lock_order(conn)  # moves take turns with every write that hands out run-order numbers
             current = self._one(conn, job_id)
             check_editable(job_id, current.status, "moved")
-            if isinstance(to, Place):
+            if target_id is None:
                 plan = Renumbering((job_id,), below=to is Place.FRONT)
             else:
-                target = self._one(conn, validate_job_id(to))
+                target = self._one(conn, target_id)
                 check_target(job_id, current.priority, target.id, target.status, target.priority)
                 order = conn.execute(
                     sa.select(job.c.id)
@@ -1008,5 +1199,5 @@ class SQLStore(Store):
                 sa.update(job).where(job.c.id == B("b_id")).values(seq=B("b_seq"), updated_at=now, revision=rev),
                 [_args(id=i, seq=seq) for i, seq in seqs.items()],
             )
-            rows = conn.execute(sa.select(job).where(job.c.revision == rev)).all()
+            rows = conn.execute(sa.select(job).where(job.c.id.in_(list(seqs)))).all()
         return sorted((_record(r) for r in rows), key=lambda r: r.seq)

@@ -1,0 +1,395 @@
+"""Scale benchmark: wake-ups across processes, PostgreSQL scaling, the device's idle gap, overhead.
+
+Everything is measured in one run and printed side by side:
+
+1. wake-ups, PostgreSQL and SQLite: a notebook-side queue (no generator) in this process and a
+   worker process (``scale_worker.py``), both with the default ``LeasePolicy`` (0.25 s poll):
+   - submit -> start: from ``submit()`` here to the job's generator starting there, on an idle
+     queue (the worker has waited 20-70 ms since its last job);
+   - state -> event: from the generator's return there to this queue's ``complete`` event (the
+     worker writes a 1x1 PNG and commits in between);
+   - cancel -> stop: from ``cancel()`` here to the running job's next step raising there (steps
+     of 2 ms);
+2. PostgreSQL scaling: claims + finishes per second with 1, 2, 4 and 8 worker processes, each on a
+   device of its own, no-op generator, jobs submitted beforehand; and the same on SQLite;
+3. the idle gap of one device between the end of one generator call and the start of the next,
+   for a generator that returns a 512x512 or 1024x1024 image after sleeping (the GIL free, as
+   while a GPU computes) twice as long as PNG-encoding and writing that image takes, which is
+   measured first, in the same run, and printed beside;
+4. overhead per job with a no-op generator (1x1 image), SQLite, through the whole queue;
+5. one ``submit_batch`` of 100,000 jobs into a file that holds 100,000 jobs already (SQLite).
+
+Time stamps cross processes as ``time.monotonic()``, one clock for the whole machine (Linux).
+PostgreSQL runs as a throwaway server on loopback (``tests/fixtures/postgres.py``); without its
+binaries those rows are skipped, saying so. ``--quick`` is a ~30 s smoke run with fewer rounds and
+jobs (the test suite runs it).
+
+Run: ``.venv/bin/python benchmarks/bench_scale.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from imgnb import GenerationRequest, ImageQueue, JobStatus
+from imgnb.core.records import EventKind, JobEvent
+from imgnb.queue.files import save_images
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKER = HERE / "scale_worker.py"
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    "OMP_NUM_THREADS": "1",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sizes:
+    wake_rounds: int = 100
+    sqlite_wake_rounds: int = 40
+    scale_procs: tuple[int, ...] = (1, 2, 4, 8)
+    scale_jobs: int = 3000
+    gap_jobs: int = 30
+    noop_jobs: int = 2000
+    batch: int = 100_000
+
+
+QUICK = Sizes(
+    wake_rounds=10,
+    sqlite_wake_rounds=5,
+    scale_procs=(1, 2),
+    scale_jobs=200,
+    gap_jobs=3,
+    noop_jobs=300,
+    batch=10_000,
+)
+
+
+def pct(samples: list[float], q: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] if len(samples) > 1 else samples[0]
+
+
+def ms(samples: list[float]) -> str:
+    if not samples:
+        return "-"
+    return f"p50 {pct(samples, 50) * 1000:7.1f}  p99 {pct(samples, 99) * 1000:7.1f}  max {max(samples) * 1000:7.1f}"
+
+
+# -- worker processes --------------------------------------------------------------------------
+
+
+class Worker:
+    """A ``scale_worker.py`` process; its ``start``/``stop`` lines are collected by a thread."""
+
+    def __init__(self, db: str, folder: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), db, str(folder / "images"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"scale_worker.py did not start: {line!r}")
+        self.seen: dict[tuple[str, int], float] = {}
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            what, job, at = line.split()
+            with self._cond:
+                self.seen[(what, int(job))] = float(at)
+                self._cond.notify_all()
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, what: str, job: int, timeout: float = 30.0) -> float:
+        with self._cond:
+            if not self._cond.wait_for(lambda: (what, job) in self.seen, timeout):
+                raise TimeoutError(f"no {what} of job {job} from the worker in {timeout} s")
+            return self.seen[(what, job)]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        if self.proc.wait(timeout=30) != 0:
+            raise RuntimeError(f"scale_worker.py exited {self.proc.returncode}")
+
+
+# -- 1. wake-ups -------------------------------------------------------------------------------
+
+
+@dataclass
+class Wakeups:
+    submit_to_start: list[float]
+    state_to_event: list[float]
+    cancel_to_stop: list[float]
+
+
+def wakeups(db: str, folder: Path, rounds: int) -> Wakeups:
+    rng = random.Random(1)
+    worker = Worker(db, folder, "--device", "wake")
+    worker.go()
+    completed: dict[int, float] = {}
+    done: dict[int, threading.Event] = {}
+
+    def on_event(event: JobEvent) -> None:
+        if event.kind is EventKind.STATUS and event.status is JobStatus.COMPLETE:
+            completed.setdefault(event.job_id, time.monotonic())
+        if event.status.is_final and event.job_id in done:
+            done[event.job_id].set()
+
+    result = Wakeups([], [], [])
+    with ImageQueue(db, images_dir=folder / "images") as q:
+        q.subscribe(on_event)
+        for _ in range(rounds):
+            time.sleep(rng.uniform(0.02, 0.07))  # the worker is idle, waiting for work
+            submitted = time.monotonic()
+            job = q.submit("wake up")
+            done[job.id] = threading.Event()
+            result.submit_to_start.append(worker.wait_for("start", job.id) - submitted)
+            if not done[job.id].wait(30):
+                raise TimeoutError(f"job {job.id} did not end")
+            result.state_to_event.append(completed[job.id] - worker.wait_for("end", job.id))
+        for _ in range(rounds):
+            job = q.submit("cancel me", steps=5000, step_time=0.002)
+            done[job.id] = threading.Event()
+            worker.wait_for("start", job.id)
+            time.sleep(rng.uniform(0.01, 0.05))
+            asked = time.monotonic()
+            q.cancel(job.id)
+            result.cancel_to_stop.append(worker.wait_for("stop", job.id) - asked)
+            if not done[job.id].wait(30):
+                raise TimeoutError(f"job {job.id} was not cancelled")
+    worker.close()
+    return result
+
+
+# -- 2. scaling --------------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    per_second: float
+    lock_waits: float | None  # PostgreSQL: sessions of this database waiting for a lock, on average
+
+
+def throughput(db: str, folder: Path, procs: int, jobs: int) -> Throughput:
+    """Claims + finishes per second of ``procs`` no-op worker processes, each on its own device:
+    jobs over the time from the first start to the last finish, as the database recorded them.
+    On PostgreSQL, the sessions waiting for a lock are counted every 10 ms meanwhile."""
+    with ImageQueue(db, start=False, images_dir=folder / "images") as q:
+        q.submit_batch([{"prompt": f"job {i}"} for i in range(jobs)])
+        workers = [Worker(db, folder, "--noop", "--device", f"d{i}") for i in range(procs)]
+        done = threading.Event()
+        waits: list[int] = []
+        sampler = threading.Thread(target=sample_lock_waits, args=(db, done, waits), daemon=True)
+        if "://" in db:
+            sampler.start()
+        for worker in workers:
+            worker.go()
+        deadline = time.monotonic() + 600
+        while q.counts()["complete"] < jobs:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{procs} workers did not finish {jobs} jobs")
+            time.sleep(0.1)  # a look now and then: the time measured is the database's own
+        done.set()
+        for worker in workers:
+            worker.close()
+        finished = q.jobs(status="complete")
+    if sampler.is_alive():
+        sampler.join()
+    first = min(j.started_at for j in finished if j.started_at is not None)
+    last = max(j.finished_at for j in finished if j.finished_at is not None)
+    return Throughput(jobs / (last - first).total_seconds(), statistics.mean(waits) if waits else None)
+
+
+def sample_lock_waits(url: str, done: threading.Event, waits: list[int]) -> None:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        while not done.wait(0.01):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            waits.append(int(row[0]) if row else 0)
+
+
+# -- 3-5. one process --------------------------------------------------------------------------
+
+
+def photo_like(size: int) -> Image.Image:
+    """Smooth colour fields with fine grain: PNG makes about 1.4 bytes a pixel of it, as of a photo."""
+    rng = random.Random(size)
+    small = Image.frombytes("RGB", (16, 16), bytes(rng.randrange(256) for _ in range(16 * 16 * 3)))
+    smooth = small.resize((size, size), Image.Resampling.BICUBIC)
+    grain = Image.effect_noise((size, size), 30).convert("RGB")
+    return Image.blend(smooth, grain, 0.05)
+
+
+def encode_seconds(image: Image.Image, rounds: int) -> list[float]:
+    """Seconds to write the PNG the queue writes (with its text chunks), to memory."""
+    out = []
+    request = GenerationRequest(job_id=1, prompt="a lighthouse at dusk", params={"steps": 4}, seed=1)
+    for _ in range(rounds):
+        started = time.perf_counter()
+        save_images(Path(tempfile.gettempdir()) / "imgnb-bench-encode", request, [image])
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def idle_gaps(folder: Path, size: int, jobs: int, gen_time: float) -> list[float]:
+    """Seconds the device sat idle between consecutive generator calls (all jobs queued up front)."""
+    image = photo_like(size)
+    calls: list[tuple[float, float]] = []
+
+    def generator(request: GenerationRequest, on_step: Any) -> list[Image.Image]:
+        began = time.perf_counter()
+        time.sleep(gen_time)  # the accelerator at work: the GIL is free meanwhile
+        on_step(1, 1)
+        calls.append((began, time.perf_counter()))
+        return [image]
+
+    with ImageQueue(folder / f"gap{size}.db", generator={"gpu": generator}, start=False) as q:
+        handles = q.submit_batch([{"prompt": f"gap {i}"} for i in range(jobs)])
+        q.start()
+        handles[-1].result(timeout=600)
+    return [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(calls)]
+
+
+def noop_overhead(folder: Path, jobs: int) -> float:
+    image = Image.new("RGB", (1, 1))
+
+    def noop(request: GenerationRequest, on_step: Any) -> list[Image.Image]:
+        on_step(1, 1)
+        return [image]
+
+    with ImageQueue(folder / "noop.db", generator={"gpu": noop}, start=False) as q:
+        handles = q.submit_batch([{"prompt": f"n{i}"} for i in range(jobs)])
+        began = time.perf_counter()
+        q.start()
+        handles[-1].result(timeout=600)
+        took = time.perf_counter() - began
+        assert all(h.status is JobStatus.COMPLETE for h in handles)
+    return took / jobs
+
+
+def batch_seconds(folder: Path, n: int) -> float:
+    with ImageQueue(folder / "batch.db", start=False) as q:
+        q.submit_batch([{"prompt": f"already there {i}", "seed": i} for i in range(n)])
+        items = [{"prompt": f"job {i}", "seed": i} for i in range(n)]
+        began = time.perf_counter()
+        q.submit_batch(items)
+        return time.perf_counter() - began
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres(skipped: list[str]) -> Iterator[Callable[[str], str] | None]:
+    """``new_db(name) -> url`` on a throwaway server for as long as the block runs, or None."""
+    sys.path.insert(0, str(ROOT))
+    import pytest
+
+    from tests.fixtures.postgres import find_pg_bindir, running_server
+
+    if find_pg_bindir() is None:
+        skipped.append("postgresql: skipped, no server binaries (initdb, pg_ctl, postgres); `make system-deps`")
+        yield None
+        return
+    try:
+        with running_server() as server:
+
+            def new_db(name: str) -> str:
+                name = re.sub(r"\W", "_", name)
+                server.admin_execute(f'CREATE DATABASE "{name}"')
+                return server.url(name)
+
+            yield new_db
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+        skipped.append(f"postgresql: skipped, the server did not start: {exc}")
+        yield None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else Sizes()
+    tmp = Path(tempfile.mkdtemp(prefix="imgnb-bench-scale-"))
+    skipped: list[str] = []
+    with postgres(skipped) as new_db:
+        wake: dict[str, Wakeups] = {}
+        scale: dict[str, dict[int, Throughput]] = {}
+        if new_db is not None:
+            wake["postgresql"] = wakeups(new_db("wake"), tmp / "pg-wake", sizes.wake_rounds)
+            scale["postgresql"] = {
+                k: throughput(new_db(f"scale{k}"), tmp / f"pg-scale{k}", k, sizes.scale_jobs) for k in sizes.scale_procs
+            }
+        wake["sqlite"] = wakeups(str(tmp / "wake.db"), tmp / "sqlite-wake", sizes.sqlite_wake_rounds)
+        scale["sqlite"] = {
+            k: throughput(str(tmp / f"scale{k}.db"), tmp / f"sqlite-scale{k}", k, sizes.scale_jobs)
+            for k in sizes.scale_procs
+        }
+    encode = {size: encode_seconds(photo_like(size), 5) for size in (512, 1024)}
+    gen_time = {size: 2 * pct(encode[size], 50) for size in (512, 1024)}
+    gaps = {size: idle_gaps(tmp, size, sizes.gap_jobs, gen_time[size]) for size in (512, 1024)}
+    overhead = noop_overhead(tmp, sizes.noop_jobs)
+    batch = batch_seconds(tmp, sizes.batch)
+
+    print(f"imgnb scale benchmark{' (--quick)' if args.quick else ''}, {os.cpu_count()} CPUs\n")
+    for line in skipped:
+        print(line)
+    print("wake-ups across processes (ms), default LeasePolicy (0.25 s poll)")
+    for backend, w in wake.items():
+        print(f"  {backend:10} submit -> start  {ms(w.submit_to_start)}  ({len(w.submit_to_start)} rounds)")
+        print(f"  {backend:10} state -> event   {ms(w.state_to_event)}")
+        print(f"  {backend:10} cancel -> stop   {ms(w.cancel_to_stop)}")
+    print("\nclaims + finishes per second, no-op generator, one device per worker process")
+    print(f"  {'processes':10} " + " ".join(f"{k:>9}" for k in sizes.scale_procs))
+    for backend, row in scale.items():
+        first = row[sizes.scale_procs[0]].per_second
+        print(f"  {backend:10} " + " ".join(f"{row[k].per_second:9.0f}" for k in sizes.scale_procs))
+        print(f"  {'  vs 1':10} " + " ".join(f"{row[k].per_second / first:9.2f}" for k in sizes.scale_procs))
+        if backend == "postgresql":
+            print(f"  {'  lock wait':10} " + " ".join(f"{row[k].lock_waits or 0:9.2f}" for k in sizes.scale_procs))
+    print("  (lock wait: sessions waiting for a lock, on average over the run)")
+    print(f"\nidle gap of the device between generator calls (ms), {sizes.gap_jobs} jobs")
+    for size in (512, 1024):
+        print(
+            f"  {size:4}x{size:<4} gap {ms(gaps[size])} | PNG encode + write {pct(encode[size], 50) * 1000:6.1f}"
+            f" | generator call {gen_time[size] * 1000:.0f}"
+        )
+    print(f"\noverhead per job, no-op generator, SQLite ({sizes.noop_jobs} jobs): {overhead * 1000:.3f} ms")
+    print(f"submit_batch of {sizes.batch:,} jobs into a file of {sizes.batch:,}: {batch:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

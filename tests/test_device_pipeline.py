@@ -1,0 +1,145 @@
+"""The device never waits for bookkeeping, and ``complete`` still means the files are on disk.
+
+Images are written on a writer thread while the next job already runs; a job is stored complete
+only after its files are written; a write that fails is the job's failure; a writer that falls
+behind holds the device back rather than piling up images; and a process that dies between
+writing and storing loses nothing (its job is recovered like any dead worker's).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import imgnb.queue.worker as worker_module
+from imgnb import GenerationRequest, ImageQueue, JobStatus
+from imgnb.core.records import EventKind, JobEvent
+from imgnb.queue.worker import MAX_STORING
+from imgnb.testing import FakeGenerator
+from tests.fixtures.queues import wait_until
+from tests.test_processes import spawn
+
+MakeQueue = Callable[..., ImageQueue]
+Save = Callable[[Path, GenerationRequest, Sequence[Image.Image]], list[str]]
+
+
+@pytest.fixture
+def held_writer(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """The writer waits for the returned event before writing anything."""
+    release = threading.Event()
+    write: Save = worker_module.save_images
+
+    def held(folder: Path, request: GenerationRequest, images: Sequence[Image.Image]) -> list[str]:
+        assert release.wait(30), "the test never released the writer"
+        return write(folder, request, images)
+
+    monkeypatch.setattr(worker_module, "save_images", held)
+    yield release
+    release.set()
+
+
+def test_the_next_job_runs_while_the_last_one_is_written(
+    make_queue: MakeQueue, db_url: str, tmp_path: Path, held_writer: threading.Event
+) -> None:
+    gen = FakeGenerator(steps=1)
+    q = make_queue(db_url, generator=gen, start=False)
+    first, second = q.submit_batch([{"prompt": "first"}, {"prompt": "second"}])
+    q.start()
+    wait_until(lambda: gen.calls == [first.id, second.id])  # the device went on at once
+    assert first.status is JobStatus.PROCESSING  # not complete: its image is not on disk yet
+    assert not list((tmp_path / "images").glob("*.png"))
+    held_writer.set()
+    for job in (first, second):
+        job.result(timeout=10)
+        assert all(os.path.exists(path) for path in job.images)
+
+
+def test_a_job_submitted_while_the_last_one_is_written_starts_at_once(
+    make_queue: MakeQueue, db_path: str, held_writer: threading.Event
+) -> None:
+    gen = FakeGenerator(steps=1)
+    q = make_queue(db_path, generator=gen)
+    first = q.submit("first")
+    wait_until(lambda: gen.calls == [first.id])  # ran; its image waits for the writer
+    second = q.submit("second")
+    wait_until(lambda: gen.calls == [first.id, second.id])  # the idle worker did not wait for the writer
+    assert first.status is JobStatus.PROCESSING
+    held_writer.set()
+    second.result(timeout=10)
+    assert first.status is JobStatus.COMPLETE
+
+
+def test_a_job_is_complete_only_once_its_files_are_on_disk(make_queue: MakeQueue, db_url: str) -> None:
+    q = make_queue(db_url, generator=FakeGenerator(steps=1))
+    jobs = {}
+    on_disk: list[bool] = []
+
+    def check(event: JobEvent) -> None:
+        if event.kind is EventKind.STATUS and event.status is JobStatus.COMPLETE:
+            images = jobs[event.job_id].images
+            on_disk.append(bool(images) and all(os.path.exists(path) for path in images))
+
+    q.subscribe(check)
+    handles = q.submit_batch([{"prompt": f"p{i}"} for i in range(8)])
+    jobs.update((job.id, job) for job in handles)
+    for job in handles:
+        job.result(timeout=10)
+    wait_until(lambda: len(on_disk) == 8)
+    assert on_disk == [True] * 8
+
+
+def test_a_write_that_fails_is_the_job_failure(
+    make_queue: MakeQueue, db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write: Save = worker_module.save_images
+    failures = iter([OSError(28, "No space left on device")])
+
+    def full_once(folder: Path, request: GenerationRequest, images: Sequence[Image.Image]) -> list[str]:
+        for failure in failures:
+            raise failure
+        return write(folder, request, images)
+
+    monkeypatch.setattr(worker_module, "save_images", full_once)
+    gen = FakeGenerator(steps=1)
+    q = make_queue(db_path, generator=gen)
+    job = q.submit("retried")
+    job.result(timeout=10)
+    assert gen.calls == [job.id, job.id] and job.attempts == 2  # failed once, as a generator error would
+
+
+def test_a_writer_that_falls_behind_holds_the_device(
+    make_queue: MakeQueue, db_path: str, held_writer: threading.Event
+) -> None:
+    gen = FakeGenerator(steps=1)
+    q = make_queue(db_path, generator=gen)
+    jobs = q.submit_batch([{"prompt": f"p{i}"} for i in range(MAX_STORING + 3)])
+    wait_until(lambda: len(gen.calls) == MAX_STORING + 1)  # the images of that many calls wait to be written
+    assert [j.status for j in jobs[MAX_STORING + 1 :]] == [JobStatus.QUEUED] * 2  # not claimed meanwhile
+    held_writer.set()
+    for job in jobs:
+        job.result(timeout=10)
+    assert gen.calls == [j.id for j in jobs]
+
+
+def test_a_worker_killed_between_writing_and_storing_loses_nothing(
+    make_queue: MakeQueue, db_path: str, tmp_path: Path
+) -> None:
+    client = make_queue(db_path)  # no generator: it watches, and recovers dead processes' jobs
+    job = client.submit("last words", seed=3)
+    proc = spawn(db_path, str(tmp_path / "runs.log"), "--die-after-write")
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    proc.stdout.close()  # type: ignore[union-attr]
+    assert list((tmp_path / "images").glob(f"job{job.id:06d}_*.png"))  # it died with the file written
+    # never complete: back at its place once the client sees the process gone, the run counted
+    wait_until(lambda: job.status is JobStatus.QUEUED and job.attempts == 1)
+    assert "died" in (job.error or "")
+    gen = FakeGenerator(steps=1)
+    make_queue(db_path, generator=gen)
+    job.result(timeout=10)
+    assert gen.calls == [job.id] and job.attempts == 2 and all(os.path.exists(p) for p in job.images)

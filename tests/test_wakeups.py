@@ -1,0 +1,236 @@
+"""Wake-ups on PostgreSQL (LISTEN/NOTIFY through ``Store.listen``) and the revisions behind them.
+
+The queues here poll every 30 s, so a change that arrives within the tests' 15 s wait came by
+announcement; on SQLite nothing is announced and polling does the work (the queue tests).
+PostgreSQL's revisions come from a sequence: the tests hold writes in flight with row locks taken
+behind the store's back and check that readers never skip past them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from imgnb import ImageQueue, JobStatus, LeasePolicy
+from imgnb.store import SQLStore
+from imgnb.store.notify import APPLICATION_NAME
+from imgnb.store.schema import SCHEMA_VERSION
+from imgnb.testing import FakeGenerator, MemoryStore
+from tests.fixtures.queues import wait_until
+from tests.test_store_contract import NOW, spec
+
+pytestmark = pytest.mark.postgres
+
+SLOW_POLL = LeasePolicy(lease=60.0, heartbeat=30.0, poll=30.0)  # nothing arrives by polling in a test's time
+MakeQueue = Callable[..., ImageQueue]
+
+
+def libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture
+def stores(pg_db_url: str) -> Iterator[Callable[[], SQLStore]]:
+    made: list[SQLStore] = []
+
+    def make() -> SQLStore:
+        made.append(SQLStore(pg_db_url))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def heard_by(store: SQLStore) -> tuple[list[int | None], Callable[[], None]]:
+    heard: list[int | None] = []
+    stop = store.listen(heard.append)
+    return heard, stop
+
+
+def test_writes_of_other_stores_are_announced_and_own_writes_are_not(stores: Callable[[], SQLStore]) -> None:
+    listener, other = stores(), stores()
+    heard, stop = heard_by(listener)
+    wait_until(lambda: listener_sessions(listener) == 1)
+    (own,) = listener.add([spec("mine")], batch_keys=[None], now=NOW)
+    (theirs,) = other.add([spec("theirs")], batch_keys=[None], now=NOW)
+    wait_until(lambda: theirs.revision in heard)
+    # announcements come in commit order, and the listener's own write came first
+    assert own.revision not in heard and heard == [theirs.revision]
+    stop()
+
+
+def listener_sessions(store: SQLStore) -> int:
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"), {"n": APPLICATION_NAME}
+            ).scalar_one()
+        )
+
+
+def test_a_dropped_listener_session_is_opened_again(stores: Callable[[], SQLStore]) -> None:
+    listener, other = stores(), stores()
+    heard, stop = heard_by(listener)
+    wait_until(lambda: listener_sessions(listener) == 1)
+    with other.engine.connect() as conn:
+        killed = conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :n"),
+            {"n": APPLICATION_NAME},
+        ).scalars()
+        assert list(killed) == [True]
+    wait_until(lambda: None in heard)  # reconnected, and told that announcements may have been missed
+    (job,) = other.add([spec()], batch_keys=[None], now=NOW)
+    wait_until(lambda: job.revision in heard)
+    stop()
+
+
+def test_stores_that_cannot_announce_give_a_stop_and_never_call(tmp_path: Path) -> None:
+    for store in (MemoryStore(), SQLStore(tmp_path / "jobs.db")):
+        called: list[int | None] = []
+        stop = store.listen(called.append)
+        store.add([spec()], batch_keys=[None], now=NOW)
+        stop()
+        store.close()
+        assert called == []
+
+
+def test_a_submit_wakes_an_idle_worker_and_a_watcher_at_once(pg_db_url: str, make_queue: MakeQueue) -> None:
+    gen = FakeGenerator()
+    worker = make_queue(pg_db_url, generator=gen, lease=SLOW_POLL)
+    watcher = make_queue(pg_db_url, lease=SLOW_POLL)
+    client = make_queue(pg_db_url, lease=SLOW_POLL)
+    wait_until(lambda: listener_sessions(worker.store) == 3)  # type: ignore[arg-type]
+    job = client.submit("wake up")
+    seen = watcher.get(job.id)  # a handle the watcher keeps current from announcements alone
+    wait_until(lambda: seen.status is JobStatus.COMPLETE)  # ran on the worker, seen by the watcher
+    assert gen.calls == [job.id]
+
+
+def test_a_cancel_stops_a_job_running_in_another_queue_at_its_next_step(pg_db_url: str, make_queue: MakeQueue) -> None:
+    gen = FakeGenerator(steps=3000, step_time=0.005)  # 15 s unless stopped
+    worker = make_queue(pg_db_url, generator=gen, lease=SLOW_POLL)
+    client = make_queue(pg_db_url, lease=SLOW_POLL)
+    wait_until(lambda: listener_sessions(worker.store) == 2)  # type: ignore[arg-type]
+    job = client.submit("long")
+    wait_until(lambda: worker.step_of(job.id) is not None)
+    client.cancel(job.id)
+    wait_until(lambda: job.status is JobStatus.CANCELLED, timeout=5)  # not the 15 s run, nor a 30 s heartbeat
+
+
+def blocked_writers(url: str) -> int:
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_readers_stop_below_a_write_in_flight(stores: Callable[[], SQLStore], pg_db_url: str) -> None:
+    """A write that drew its revision but has not committed holds every reader's revision below it:
+    a later write that commits first is not read past it, and nothing is skipped."""
+    early_store, late_store, reader = stores(), stores(), stores()
+    held, other = early_store.add([spec("held"), spec("other")], batch_keys=[None, None], now=NOW)
+    start, _ = reader.changes_since(0)
+    with psycopg.connect(libpq(pg_db_url)) as blocker:  # locks the row behind the store's back
+        blocker.execute("SELECT id FROM imgnb_job WHERE id = %s FOR UPDATE", (held.id,))
+        early = threading.Thread(target=early_store.update_metadata, args=(held.id, {"early": True}))
+        early.start()  # draws its revision, then waits for the row
+        wait_until(lambda: blocked_writers(pg_db_url) == 1)
+        late = late_store.update_metadata(other.id, {"late": True})  # a later revision, committed
+        revision, changed = reader.changes_since(start)
+        assert revision < late.revision and other.id not in [r.id for r in changed]
+        blocker.rollback()
+    early.join(timeout=10)
+    final, changed = reader.changes_since(revision)
+    assert {r.id: r.metadata for r in changed} == {held.id: {"early": True}, other.id: {"late": True}}
+    assert final >= late.revision
+
+
+def test_a_row_changed_by_a_write_that_drew_earlier_gets_a_newer_revision(
+    stores: Callable[[], SQLStore], pg_db_url: str
+) -> None:
+    store = stores()
+    (job,) = store.add([spec()], batch_keys=[None], now=NOW)
+    with psycopg.connect(libpq(pg_db_url)) as other:
+        other.execute("SELECT id FROM imgnb_job WHERE id = %s FOR UPDATE", (job.id,))
+        done: list[object] = []
+        early = threading.Thread(target=lambda: done.append(store.update_metadata(job.id, {"a": 1})))
+        early.start()  # draws its revision first, then waits for the row
+        wait_until(lambda: blocked_writers(pg_db_url) == 1)
+        (later,) = other.execute(  # a writer that drew after it changes the row and commits first
+            "UPDATE imgnb_job SET revision = nextval('imgnb_revision') WHERE id = %s RETURNING revision", (job.id,)
+        ).fetchone() or (None,)
+        other.commit()
+    early.join(timeout=10)
+    (updated,) = done
+    assert isinstance(later, int) and updated.revision > later  # type: ignore[attr-defined]
+
+
+def test_a_database_from_before_the_sequence_counts_on_from_its_counter(pg_db_url: str) -> None:
+    store = SQLStore(pg_db_url)
+    (job,) = store.add([spec()], batch_keys=[None], now=NOW)
+    with store.engine.begin() as conn:  # back to the schema before: revisions from the counter row
+        conn.exec_driver_sql("DROP TRIGGER imgnb_job_restamp ON imgnb_job")
+        conn.exec_driver_sql("DROP FUNCTION imgnb_job_restamp()")
+        conn.exec_driver_sql("DROP SEQUENCE imgnb_revision")
+        conn.exec_driver_sql("UPDATE imgnb_job SET revision = 40")
+        conn.exec_driver_sql(f"UPDATE imgnb_meta SET schema_version = {SCHEMA_VERSION - 1}, revision = 41")
+    store.close()
+    upgraded = SQLStore(pg_db_url)
+    try:
+        with upgraded.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == SCHEMA_VERSION
+        assert upgraded.changes_since(0) == (41, [upgraded.get(job.id)])
+        cancelled = upgraded.cancel(job.id, now=NOW)
+        assert cancelled.revision == 42 and upgraded.changes_since(41) == (42, [cancelled])
+    finally:
+        upgraded.close()
+
+
+def test_a_full_run_on_a_watched_queue_sees_each_state(pg_db_url: str, make_queue: MakeQueue) -> None:
+    worker = make_queue(pg_db_url, generator=FakeGenerator(steps=40, step_time=0.01), lease=SLOW_POLL)
+    watcher = make_queue(pg_db_url, lease=SLOW_POLL)
+    wait_until(lambda: listener_sessions(worker.store) == 2)  # type: ignore[arg-type]
+    statuses: list[JobStatus] = []
+    job = watcher.submit("watched")
+    watcher.subscribe(lambda e: statuses.append(e.status) if e.job_id == job.id and e.kind.value == "status" else None)
+    wait_until(lambda: JobStatus.COMPLETE in statuses)
+    assert statuses == [JobStatus.PROCESSING, JobStatus.COMPLETE]
+
+
+def test_counts_stay_exact_with_writers_in_parallel(stores: Callable[[], SQLStore]) -> None:
+    """No writer waits for another any more: the counts kept by triggers, in parts, still add up."""
+    setup = stores()
+    jobs = setup.add([spec(f"j{i}") for i in range(200)], batch_keys=[None] * 200, now=NOW)
+    failures: list[BaseException] = []
+
+    def work(store: SQLStore, device: str) -> None:
+        try:
+            while claimed := store.claim(owner=device, device=device, now=NOW, lease=60):
+                for record in claimed:
+                    store.finish(record.id, owner=device, status=JobStatus.COMPLETE, now=NOW)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def cancel(store: SQLStore) -> None:
+        try:
+            for job in jobs[100::3]:
+                store.cancel(job.id, now=NOW)  # a waiting job at once, a running one at its next step
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(stores(), f"host/gpu{i}")) for i in range(4)]
+    threads.append(threading.Thread(target=cancel, args=(stores(),)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    with setup.engine.connect() as conn:
+        actual = dict(conn.execute(sa.text("SELECT status, count(*) FROM imgnb_job GROUP BY status")).all())
+    counted = {status.value: n for status, n in setup.counts().items() if n}
+    assert counted == actual and sum(counted.values()) == 200
