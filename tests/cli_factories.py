@@ -22,3 +22,10 @@ def tiny_without_device() -> Any:
     from imgnb.gen.tiny import tiny_pipeline
 
     return tiny_pipeline()  # on the CPU, where it is used as it is
+
+
+def tiny_sdxl(device: str) -> Any:
+    """A second model for ``--model``: another pipeline class than the default tiny one."""
+    from imgnb.gen.tiny import tiny_pipeline
+
+    return tiny_pipeline("sdxl", device=device)

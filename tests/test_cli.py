@@ -162,6 +162,27 @@ def test_worker_runs_jobs_and_sigterm_hands_the_running_one_back(
     assert not any("Traceback" in line for line in worker.err)
 
 
+def test_worker_runs_named_models_and_leaves_the_others(
+    make_queue: MakeQueue, commands: Callable[..., Command], tmp_path: Path
+) -> None:
+    db = str(tmp_path / "jobs.db")
+    client = make_queue(db)
+    models = ["--model", f"sd={TINY}", "--model", "xl=tests.cli_factories:tiny_sdxl", "--max-loaded", "1"]
+    worker = commands("worker", db, *models, "--affinity", "2", "--device", "cpu", cwd=tmp_path)
+    elsewhere = client.submit("for another machine", model="flux", steps=2)
+    jobs = client.submit_batch([{"prompt": f"{m} {i}", "model": m, "steps": 2} for i in range(2) for m in ("sd", "xl")])
+    unnamed = client.submit("no model: the first one", steps=2)
+    for job in [*jobs, unnamed]:
+        assert len(job.result(timeout=START)) == 1
+    assert [j.attempts for j in [*jobs, unnamed]] == [1] * 5
+    assert (elsewhere.status, elsewhere.attempts, elsewhere.position) == (JobStatus.QUEUED, 0, 1)
+    start = untimed(worker.out[0])
+    assert (
+        f"models sd ({TINY}), xl (tests.cli_factories:tiny_sdxl) loaded on demand, at most 1 per device; affinity 2"
+    ) in start
+    assert "pipelines" not in start
+
+
 def test_a_second_signal_exits_at_once_while_closing(
     make_queue: MakeQueue, commands: Callable[..., Command], tmp_path: Path
 ) -> None:
@@ -226,8 +247,30 @@ BAD_WORKER_ARGUMENTS = [
     # devices are checked before the factory runs (it would raise)
     pytest.param(["--pipeline", "tests.cli_factories:broken", "--device", "cuda:99"], 2, "'cuda:99'", id="gpu"),
     pytest.param(["--pipeline", "tiny_pipeline"], 2, "'tiny_pipeline' is not MODULE:FACTORY", id="malformed"),
-    pytest.param([], 2, "the following arguments are required: --pipeline", id="no-pipeline"),
+    pytest.param([], 2, "give --pipeline MODULE:FACTORY, or --model NAME=MODULE:FACTORY, or both", id="no-pipeline"),
     pytest.param(["--pipeline", TINY, "--batch-size", "0"], 2, "'0' is not an integer >= 1", id="batch-size"),
+    pytest.param(["--model", TINY], 2, f"{TINY!r} is not NAME=MODULE:FACTORY", id="model-unnamed"),
+    pytest.param(["--model", f"={TINY}"], 2, "with a NAME of 1 to 200 characters", id="model-empty-name"),
+    pytest.param(
+        ["--model", f"a={TINY}", "--model", "a=tests.cli_factories:tiny_sdxl"],
+        2,
+        "given more than once: a",
+        id="model-twice",
+    ),
+    pytest.param(
+        ["--model", "sdxl=no_such_module_xyz:build"],
+        2,
+        "--model sdxl=no_such_module_xyz:build: no module named 'no_such_module_xyz'",
+        id="model-module",
+    ),
+    pytest.param(
+        ["--pipeline", TINY, "--model", f"imgnb/tiny-sd={TINY}"],
+        2,
+        "that is the name of --pipeline's model",
+        id="model-clash",
+    ),
+    pytest.param(["--model", f"a={TINY}", "--affinity", "-1"], 2, "'-1' is not an integer >= 0", id="affinity"),
+    pytest.param(["--model", f"a={TINY}", "--max-loaded", "0"], 2, "'0' is not an integer >= 1", id="max-loaded"),
 ]
 
 
@@ -533,6 +576,9 @@ def test_worker_log_lines() -> None:
         devices=["cuda:0", "cuda:1"],
         pipelines={"cuda:0": {"class": "P", "model": "m"}, "cuda:1": {"class": "P", "model": ""}},
         factory="mod:f",
+        models={},
+        max_loaded=1,
+        affinity=0,
         batch_size=4,
         worker="gpu1:12:ab",
         images_dir="/shared",
@@ -540,7 +586,7 @@ def test_worker_log_lines() -> None:
     )
     assert untimed(start_line(NOW, info, as_json=False)) == (
         "imgnb worker gpu1:12:ab started: database db; devices cuda:0, cuda:1; pipelines cuda:0=P (m), "
-        "cuda:1=P from mod:f; batch size 4; images in /shared; imgnb 1, torch 2"
+        "cuda:1=P from mod:f; affinity 0; batch size 4; images in /shared; imgnb 1, torch 2"
     )
     assert json.loads(start_line(NOW, info, as_json=True))["pipelines"]["cuda:1"] == {"class": "P", "model": ""}
     assert json.loads(stop_line(NOW, signal_name="SIGTERM", done=True, as_json=True))["event"] == "stopped"

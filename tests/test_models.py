@@ -276,6 +276,24 @@ def test_the_model_is_named_by_the_job_its_png_and_its_record(
     assert unchecked.attempts == 1
 
 
+def test_workers_running_other_models_share_one_database(make_queue: MakeQueue, db_path: str) -> None:
+    """A lab's machines hold other models: each worker takes only the jobs it can run, and a job
+    for a model no worker runs yet waits for one instead of failing."""
+    notebook = make_queue(db_path)  # runs nothing: submits and watches
+    jobs = notebook.submit_batch([{"prompt": f"{m} {i}", "model": m} for i in range(4) for m in ("a", "b", None)])
+    later = notebook.submit("for a worker not started yet", model="c")
+    workers = {m: make_queue(db_path, models={m: FakeGenerator(steps=2)}, devices=[f"gpu-{m}"]) for m in "ab"}
+    for job in jobs:
+        job.result(timeout=30)
+    assert all(j.status is JobStatus.COMPLETE and j.attempts == 1 for j in jobs)
+    for job in jobs:
+        if job.model is not None:
+            assert job.record.owner == workers[job.model].owner
+    assert later.status is JobStatus.QUEUED and later.attempts == 0 and later.position == 1
+    make_queue(db_path, models={"c": FakeGenerator(steps=2)}, devices=["gpu-c"])
+    assert later.result(timeout=30) is not None and later.status is JobStatus.COMPLETE
+
+
 def test_batches_never_mix_models(tiny_pipelines: dict[str, Any], make_queue: MakeQueue, db_path: str) -> None:
     same = imgnb.loader(StableDiffusionPipeline)(lambda device: tiny_pipelines["sd"])
     q = make_queue(db_path, models={"sd": same, "also-sd": same}, batch_size=4, start=False)

@@ -387,6 +387,23 @@ def test_claim_stores_and_returns_the_model(store: Store) -> None:
     assert store.claim(owner="w", device="d", now=NOW, lease=10)[0].model == "a"
 
 
+def test_a_claim_leaves_jobs_for_models_the_device_does_not_run(store: Store) -> None:
+    b, none, a, c = store.add([on("b"), on(None), on("a"), on("c")], batch_keys=[None] * 4, now=NOW)
+
+    def claim(serves: tuple[str, ...] | None, affinity: int = 0) -> int | None:
+        got = store.claim(owner="w", device="d", now=NOW, lease=10, serves=serves, affinity=affinity, loaded={"a"})
+        if not got:
+            return None
+        store.finish(got[0].id, owner="w", status=JobStatus.COMPLETE, now=NOW)
+        return got[0].id
+
+    assert claim(("a",)) == none.id  # b is left for another worker; a job naming no model runs anywhere
+    assert claim(("a",), affinity=3) == a.id  # affinity looks only at what this device runs
+    assert claim(()) is None  # a device that runs no named model: only jobs naming none
+    assert store.get(b.id).status is JobStatus.QUEUED and store.get(b.id).attempts == 0
+    assert claim(("c", "b")) == b.id and claim(None) == c.id
+
+
 def test_affinity_takes_a_loaded_model_within_n_places_of_its_priority(store: Store) -> None:
     jobs = store.add([on("a"), on("a"), on("b"), on("b", priority=0)], batch_keys=[None] * 4, now=NOW)
     assert take(store, {"b"}, affinity=1) == jobs[0].id  # b is 2 places behind the head: too far

@@ -28,7 +28,17 @@ from .devices import same_device
 from .failures import BadArgument, StartFailed
 from .text import one_line
 
-__all__ = ["FactorySpec", "build_pipelines", "describe_pipeline", "parse_factory", "resolve_factory", "takes_device"]
+__all__ = [
+    "FactorySpec",
+    "ModelLoader",
+    "ModelSpec",
+    "build_pipelines",
+    "describe_pipeline",
+    "parse_factory",
+    "parse_model",
+    "resolve_factory",
+    "takes_device",
+]
 
 Factory = Callable[..., Any]
 
@@ -53,13 +63,63 @@ def parse_factory(text: str) -> FactorySpec:
     return FactorySpec(module, name)
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """``--model NAME=MODULE:FACTORY`` as given on the command line."""
+
+    name: str
+    factory: FactorySpec
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.factory}"
+
+
+def parse_model(text: str) -> ModelSpec:
+    """The argparse ``type`` of ``NAME=MODULE:FACTORY``: the name is one a job can store."""
+    from ..core.validation import MAX_MODEL_LENGTH, validate_model
+    from ..errors import InvalidJob
+
+    name, equals, factory = text.partition("=")
+    try:
+        checked = validate_model(name, None) if equals else None
+    except InvalidJob:
+        checked = None
+    if checked is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME=MODULE:FACTORY with a NAME of 1 to {MAX_MODEL_LENGTH} characters, "
+            "e.g. sdxl=mymodels:sdxl"
+        )
+    return ModelSpec(checked, parse_factory(factory))
+
+
+class ModelLoader:
+    """A ``--model`` factory as the queue's loader ``load(device)``: called when a job first needs
+    the model on a device (and again after ``--max-loaded`` unloaded it), as ``FACTORY(device=...)``
+    or, for a factory without a ``device`` parameter, ``FACTORY()``."""
+
+    pipeline_class = None  # what marks a loader (``imgnb.loader()``): the class is known once loaded
+
+    def __init__(self, spec: ModelSpec, factory: Factory) -> None:
+        self.spec = spec
+        self._factory = factory
+        self._with_device = takes_device(factory)
+
+    def __call__(self, device: str) -> Any:
+        pipe = self._factory(device=device) if self._with_device else self._factory()
+        if not _is_pipeline(pipe):
+            raise TypeError(f"--model {self.spec} returned a {type(pipe).__name__}, not a diffusers pipeline")
+        return pipe
+
+
 def _error(exc: BaseException) -> str:
     message = one_line(str(exc))
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def resolve_factory(spec: FactorySpec) -> Factory:
-    """Import the module and find the callable; raises ``BadArgument`` naming what is missing."""
+def resolve_factory(spec: FactorySpec, given: str | None = None) -> Factory:
+    """Import the module and find the callable; raises ``BadArgument`` naming the argument as
+    ``given`` (default ``--pipeline MODULE:FACTORY``) and what is missing."""
+    given = given or f"--pipeline {spec}"
     here = os.getcwd()
     if here not in sys.path and "" not in sys.path:
         sys.path.insert(0, here)
@@ -67,19 +127,17 @@ def resolve_factory(spec: FactorySpec) -> Factory:
         target: Any = importlib.import_module(spec.module)
     except ModuleNotFoundError as exc:
         if exc.name and (spec.module + ".").startswith(exc.name + "."):  # the module itself, not an import in it
-            raise BadArgument(
-                f"--pipeline {spec}: no module named {exc.name!r} in {here} or on the Python path"
-            ) from None
-        raise BadArgument(f"--pipeline {spec}: importing {spec.module} failed: {_error(exc)}") from None
+            raise BadArgument(f"{given}: no module named {exc.name!r} in {here} or on the Python path") from None
+        raise BadArgument(f"{given}: importing {spec.module} failed: {_error(exc)}") from None
     except Exception as exc:  # the module's own code failed: a syntax error, a missing dependency
-        raise BadArgument(f"--pipeline {spec}: importing {spec.module} failed: {_error(exc)}") from None
+        raise BadArgument(f"{given}: importing {spec.module} failed: {_error(exc)}") from None
     for part in spec.name.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise BadArgument(f"--pipeline {spec}: module {spec.module!r} has no attribute {spec.name!r}") from None
+            raise BadArgument(f"{given}: module {spec.module!r} has no attribute {spec.name!r}") from None
     if not callable(target):
-        raise BadArgument(f"--pipeline {spec}: {spec.name} is a {type(target).__name__}, not a callable")
+        raise BadArgument(f"{given}: {spec.name} is a {type(target).__name__}, not a callable")
     factory: Factory = target
     return factory
 

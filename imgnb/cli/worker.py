@@ -23,12 +23,13 @@ from typing import Any
 
 from ..errors import ImgnbError
 from ..queue import ImageQueue
+from ..queue.models import pipeline_name
 from ..store import SQLStore
 from .database import open_store
 from .devices import check_devices, default_device
-from .failures import CommandError, StartFailed
+from .failures import BadArgument, CommandError, StartFailed
 from .joblog import JobLog, Lines
-from .pipelines import build_pipelines, describe_pipeline, parse_factory, resolve_factory
+from .pipelines import ModelLoader, build_pipelines, describe_pipeline, parse_factory, parse_model, resolve_factory
 from .signals import StopSignals
 from .text import database_label, one_line
 from .worklog import StartInfo, start_line, stop_line
@@ -48,10 +49,21 @@ FACTORY(device="cuda:1") and must put the pipeline there; otherwise it is called
 with no arguments and its pipeline is used where it is (nothing is moved; a pipeline on another
 device than asked is refused). Each call must return a new pipeline.
 
+models: --pipeline builds its pipelines at start-up; it runs the jobs that name no model (and the
+ones naming its model, its name_or_path). Each --model NAME=MODULE:FACTORY adds a model that jobs
+choose with submit(..., model="NAME"); its FACTORY is called the same way, but only when a job first
+needs it on a device, and --max-loaded N (default 1) bounds how many --model models a device holds
+(the least recently used is unloaded first). A failing --model factory fails that job (retried),
+not the worker. A worker claims only the jobs it can run: jobs naming a model it lacks are left to
+the workers that have it. --affinity N lets a device holding a model take a job for it up to N
+places behind the head of the queue, to save a reload (no job is passed over more than N times).
+
 examples:
   imgnb worker runs/jobs.db --pipeline imgnb.gen.tiny:tiny_pipeline --device cpu
   imgnb worker postgresql+psycopg://imgnb:secret@db-host/imgnb --pipeline mymodels:sdxl \\
       --device cuda:0 --device cuda:1 --images-dir /shared/imgnb-images --json
+  imgnb worker postgresql+psycopg://imgnb:secret@db-host/imgnb --model sdxl=mymodels:sdxl \\
+      --model flux=mymodels:flux --max-loaded 1 --affinity 8 --device cuda:0
 
   # mymodels.py, next to where the worker is started
   import torch
@@ -118,15 +130,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="log one JSON object per line (for log collectors)")
 
 
+def _at_least_zero(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """What runs the jobs. One pipeline for now; named models (``--model NAME=MODULE:FACTORY``)
-    join here once the queue takes several (issue 11)."""
+    """What runs the jobs: a pipeline built at start-up, named models loaded on demand, or both."""
     parser.add_argument(
         "--pipeline",
-        required=True,
         type=parse_factory,
         metavar="MODULE:FACTORY",
-        help="the callable that builds the pipeline, e.g. imgnb.gen.tiny:tiny_pipeline (see below)",
+        help="the callable that builds the pipeline, e.g. imgnb.gen.tiny:tiny_pipeline (see below); "
+        "give it, or --model, or both",
+    )
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        type=parse_model,
+        default=[],
+        metavar="NAME=MODULE:FACTORY",
+        help="a model jobs name with model=NAME, loaded when a job first needs it (repeat for several)",
+    )
+    parser.add_argument(
+        "--max-loaded",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="the most --model models a device holds at once (default 1)",
+    )
+    parser.add_argument(
+        "--affinity",
+        type=_at_least_zero,
+        default=0,
+        metavar="N",
+        help="take a job for a model the device holds up to N places early (default 0: strict order)",
     )
 
 
@@ -147,14 +191,21 @@ def _versions() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pipeline is None and not args.models:
+        raise BadArgument("give --pipeline MODULE:FACTORY, or --model NAME=MODULE:FACTORY, or both")
+    names = [m.name for m in args.models]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise BadArgument(f"--model names must differ; given more than once: {', '.join(twice)}")
     if args.host is not None:
         os.environ["IMGNB_HOST"] = args.host  # ImageQueue reads it when it names this worker
-    factory = resolve_factory(args.pipeline)
+    factory = resolve_factory(args.pipeline) if args.pipeline is not None else None
+    loaders = {m.name: ModelLoader(m, resolve_factory(m.factory, f"--model {m}")) for m in args.models}
     store = open_store(args.db, create=True)
     try:
         devices = check_devices(args.devices or [default_device()])
-        pipelines = build_pipelines(args.pipeline, factory, devices)
-        q = _open_queue(args, store, pipelines)
+        pipelines = build_pipelines(args.pipeline, factory, devices) if factory is not None else {}
+        q = _open_queue(args, store, devices, pipelines, loaders)
     except BaseException:
         store.close()
         raise
@@ -162,7 +213,10 @@ def run(args: argparse.Namespace) -> int:
         database=database_label(store.url),
         devices=devices,
         pipelines={device: describe_pipeline(pipe) for device, pipe in pipelines.items()},
-        factory=str(args.pipeline),
+        factory=str(args.pipeline or ""),
+        models={name: str(loader.spec.factory) for name, loader in loaders.items()},
+        max_loaded=args.max_loaded,
+        affinity=args.affinity,
         batch_size=args.batch_size,
         worker=q.owner,
         images_dir=str(q.images_dir.resolve()),
@@ -171,13 +225,29 @@ def run(args: argparse.Namespace) -> int:
     return _serve(q, info, as_json=args.json)
 
 
-def _open_queue(args: argparse.Namespace, store: SQLStore, pipelines: dict[str, Any]) -> ImageQueue:
-    """The queue, built stopped: it claims nothing until ``start()``."""
+def _open_queue(
+    args: argparse.Namespace,
+    store: SQLStore,
+    devices: list[str],
+    pipelines: dict[str, Any],
+    loaders: dict[str, ModelLoader],
+) -> ImageQueue:
+    """The queue, built stopped: it claims nothing until ``start()``. With ``--pipeline`` alone it
+    is the one-pipeline queue; with models, the pipeline (if any) is the first model, by its name."""
+    runs: dict[str, Any] = {"pipeline": pipelines}
+    if loaders:
+        first = {pipeline_name(next(iter(pipelines.values()))): pipelines} if pipelines else {}
+        clash = set(first) & set(loaders)
+        if clash:
+            raise BadArgument(f"--model {clash.pop()}=...: that is the name of --pipeline's model; name it otherwise")
+        runs = {"models": {**first, **loaders}, "devices": devices}
     try:
         return ImageQueue(
             args.db,
             store=store,
-            pipeline=pipelines,
+            **runs,
+            max_loaded=args.max_loaded,
+            affinity=args.affinity,
             batch_size=args.batch_size,
             images_dir=args.images_dir,
             start=False,

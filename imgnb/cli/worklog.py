@@ -28,8 +28,11 @@ class StartInfo:
 
     database: str
     devices: Sequence[str]
-    pipelines: Mapping[str, Mapping[str, str]]  # device -> {"class": ..., "model": ...}
-    factory: str
+    pipelines: Mapping[str, Mapping[str, str]]  # device -> {"class": ..., "model": ...}; empty without --pipeline
+    factory: str  # --pipeline's MODULE:FACTORY, or ""
+    models: Mapping[str, str]  # --model NAME -> MODULE:FACTORY, loaded on demand
+    max_loaded: int
+    affinity: int
     batch_size: int
     worker: str  # the queue's owner id, as ``imgnb status`` shows it
     images_dir: str
@@ -47,12 +50,17 @@ def start_line(t: float, info: StartInfo, *, as_json: bool) -> str:
         f"{device}={p['class']}" + (f" ({p['model']})" if p["model"] else "") for device, p in info.pipelines.items()
     )
     versions = ", ".join(f"{name} {version}" for name, version in info.versions.items())
+    runs = [f"pipelines {pipelines} from {info.factory}"] if info.pipelines else []
+    if info.models:
+        named = ", ".join(f"{name} ({factory})" for name, factory in info.models.items())
+        runs.append(f"models {named} loaded on demand, at most {info.max_loaded} per device")
     text = (
         f"imgnb worker {info.worker} started: database {info.database}; devices {', '.join(info.devices)}; "
-        f"pipelines {pipelines} from {info.factory}; batch size {info.batch_size}; images in {info.images_dir}; "
+        f"{'; '.join(runs)}; affinity {info.affinity}; batch size {info.batch_size}; images in {info.images_dir}; "
         f"{versions}"
     )
     fields = asdict(info)
+    fields["models"] = dict(info.models)
     fields["devices"] = list(info.devices)
     fields["pipelines"] = {d: dict(p) for d, p in info.pipelines.items()}
     fields["versions"] = dict(info.versions)

@@ -34,7 +34,7 @@ from ..gen.loading import (
     params_of_class,
 )
 
-__all__ = ["DeviceModels", "ModelCatalog"]
+__all__ = ["DeviceModels", "ModelCatalog", "pipeline_name"]
 
 BatchKey = Callable[[GenerationRequest], "str | None"]
 ReportLoading = Callable[["ModelLoad | None"], None]
@@ -49,6 +49,12 @@ class _Model:
     declared: type | None = None  # the pipeline class the loader declares
     check: ParamsValidator | None = None
     key: BatchKey | None = None
+
+
+def pipeline_name(pipe: Any) -> str:
+    """The model name of a queue's one ``pipeline=``: its ``name_or_path`` (a folder's path when
+    loaded from disk: the end of a long one), or "default" when it has none."""
+    return str(getattr(pipe, "name_or_path", None) or "default")[-MAX_MODEL_LENGTH:]
 
 
 def _named(name: object) -> str:
@@ -90,9 +96,7 @@ class ModelCatalog:
             self._pinned(None, generator, devices)
         elif pipeline is not None:
             first = next(iter(pipeline.values()), None) if isinstance(pipeline, Mapping) else pipeline
-            # a folder's path (a Path) when loaded from disk; the end of a long one
-            name = str(getattr(first, "name_or_path", None) or "default")[-MAX_MODEL_LENGTH:]
-            self._pinned(name, pipeline, devices)
+            self._pinned(pipeline_name(first), pipeline, devices)
         elif models is not None:
             self._from_models(models, devices)
         elif devices:
@@ -147,6 +151,15 @@ class ModelCatalog:
         pinned: dict[str, Any] = {}
         for name, value in models.items():
             _named(name)
+            if isinstance(value, Mapping):  # a pipeline or generator per device, as ``imgnb worker`` builds them
+                if devices is None or set(map(str, value)) != set(devices):
+                    raise QueueConfigError(
+                        f"models[{name!r}] is a dict by device: give devices= naming exactly its devices"
+                    )
+                self._add(
+                    _Model(name=name, pinned={str(d): self._generator(name, v, str(d)) for d, v in value.items()})
+                )
+                continue
             if not is_loader(value):
                 pinned[name] = value
                 self._models[name] = _Model(name=name)  # its place in the order given
@@ -244,6 +257,11 @@ class DeviceModels:
         self._default = entries[0].name if entries else None
         self._entries = {e.name: e for e in entries}
         self._pinned = {e.name: e.pinned[device] for e in entries if device in e.pinned}
+        self.serves = tuple(
+            e.name for e in entries if e.name is not None and (e.load is not None or e.name in self._pinned)
+        )
+        """The named models this device can run, for the claim: jobs naming others are left for
+        the workers that run them."""
         self._loaded: OrderedDict[str | None, Generator] = OrderedDict()
         self._loading: ModelLoad | None = None
         self._loads = 0

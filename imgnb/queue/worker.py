@@ -233,6 +233,7 @@ class DeviceWorker:
             batch_size=self.batch_size,
             loaded=self.models.loaded(),
             affinity=self.affinity,
+            serves=self.models.serves,
         )
 
     def _promote(self) -> list[JobRecord]:

@@ -70,10 +70,15 @@ class Store(ABC):
         batch_size: int = 1,
         loaded: Collection[str | None] = (),
         affinity: int = 0,
+        serves: Collection[str] | None = None,
     ) -> list[JobRecord]:
         """Take ``device``'s lock and the next queued job (plus up to ``batch_size - 1`` queued jobs
         sharing its batch key, first attempts only), marking them ``processing``. Empty when the
         device is held by a live owner or nothing is eligible; then nothing changes.
+
+        ``serves`` names the models the device runs: a job naming another model is left for a
+        worker that runs it (a lab's machines may each hold other models); a job with no model
+        runs anywhere. None: every job is eligible.
 
         The next job is the head of the queue, or with ``affinity`` > 0 the one
         ``core.affinity.pick`` chooses among the first ``affinity + 1`` given the models the

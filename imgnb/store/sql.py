@@ -24,6 +24,7 @@ empty and fails its own job when claimed; it never stops the claim or the watche
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -228,27 +229,54 @@ _RUNNING = {
     "batch": None,
     "revision": B("b_rev"),
 }
-_CLAIM_HEAD = (
-    sa.update(job)
-    .where(
-        job.c.id
-        == sa.select(job.c.id)
-        .where(job.c.status == _QUEUED)
-        .order_by(*_RUN_ORDER)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+
+
+@functools.cache
+def _eligible(served: int | None) -> sa.ColumnElement[bool]:
+    """Queued, and for a device that runs ``served`` named models, with no model or one of them,
+    bound as ``b_m0``, ``b_m1``... (not an expanding list: the claim runs prepared, see ``Prepared``)."""
+    queued: sa.ColumnElement[bool] = job.c.status == _QUEUED
+    if served is None:
+        return queued
+    names: list[sa.BindParameter[str]] = [B(f"b_m{i}") for i in range(served)]
+    unnamed = job.c.model.is_(None)
+    return sa.and_(queued, sa.or_(unnamed, job.c.model.in_(names)) if names else unnamed)
+
+
+def _served_args(serves: Sequence[str] | None) -> dict[str, Any]:
+    return {f"b_m{i}": name for i, name in enumerate(serves or ())}
+
+
+@functools.cache
+def _claim_head(served: int | None) -> sa.Update:
+    return (
+        sa.update(job)
+        .where(
+            job.c.id
+            == sa.select(job.c.id)
+            .where(_eligible(served))
+            .order_by(*_RUN_ORDER)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        .values(**_RUNNING)
+        .returning(*job.c)
     )
-    .values(**_RUNNING)
-    .returning(*job.c)
-)
-_WINDOW = (  # the head of the queue, as model affinity reads it
-    sa.select(job.c.id, job.c.priority, job.c.model, job.c.passed_over)
-    .where(job.c.status == _QUEUED)
-    .order_by(*_RUN_ORDER)
-    .limit(B("b_n"))
-    .with_for_update(skip_locked=True)
-)
+
+
+@functools.cache
+def _window(served: int | None) -> sa.Select[Any]:
+    """The head of the queue, as model affinity reads it."""
+    return (
+        sa.select(job.c.id, job.c.priority, job.c.model, job.c.passed_over)
+        .where(_eligible(served))
+        .order_by(*_RUN_ORDER)
+        .limit(B("b_n"))
+        .with_for_update(skip_locked=True)
+    )
+
+
 _CLAIM_ID = sa.update(job).where(job.c.id == B("b_id"), job.c.status == _QUEUED).values(**_RUNNING).returning(*job.c)
 _PASS_OVER = (  # not a change others need to see: the revision stays
     sa.update(job).where(job.c.id.in_(B("b_ids", expanding=True))).values(passed_over=job.c.passed_over + 1)
@@ -631,13 +659,20 @@ class SQLStore(Store):
         return None if row is None else _record(row)
 
     def _claim_next(
-        self, conn: sa.Connection, args: dict[str, Any], loaded: Collection[str | None], affinity: int
+        self,
+        conn: sa.Connection,
+        args: dict[str, Any],
+        loaded: Collection[str | None],
+        affinity: int,
+        serves: Sequence[str] | None,
     ) -> Row | None:
-        """Claim the job ``core.affinity.pick`` chooses: the head of the queue, or with affinity one
-        for a loaded model a few places behind it, counting a pass for each job it goes past."""
+        """Claim the job ``core.affinity.pick`` chooses among those this device may run: the head,
+        or with affinity one for a loaded model a few places behind it, counting a pass for each
+        job it goes past."""
+        served = None if serves is None else len(serves)
         if affinity <= 0 or not loaded:
-            return next(iter(self._fast(_CLAIM_HEAD).rows(conn, args)), None)
-        window = conn.execute(_WINDOW, {"b_n": affinity + 1}).all()
+            return next(iter(self._fast(_claim_head(served)).rows(conn, args)), None)
+        window = conn.execute(_window(served), {"b_n": affinity + 1, **_served_args(serves)}).all()
         if not window:
             return None
         k = pick([Waiting(r.priority, r.model, r.passed_over) for r in window], loaded=loaded, affinity=affinity)
@@ -787,6 +822,7 @@ class SQLStore(Store):
         batch_size: int = 1,
         loaded: Collection[str | None] = (),
         affinity: int = 0,
+        serves: Collection[str] | None = None,
     ) -> list[JobRecord]:
         if self.read_only:
             return []
@@ -797,12 +833,13 @@ class SQLStore(Store):
             self._devices.add(device)  # device rows are never deleted
         with self._guarded(), self.engine.connect() as conn, conn.begin() as txn:
             rev = self._bump(conn)
-            args = _args(owner=owner, device=device, now=now, until=now + lease, rev=rev)
+            served = None if serves is None else sorted(serves)
+            args = {**_args(owner=owner, device=device, now=now, until=now + lease, rev=rev), **_served_args(served)}
             if not self._fast(_LOCK_DEVICE).rowcount(conn, args):
                 txn.rollback()  # held by a live owner: leave the lock and the revision as they were
                 return []
             failed = False
-            while (head := self._claim_next(conn, args, loaded, affinity)) is not None:
+            while (head := self._claim_next(conn, args, loaded, affinity, served)) is not None:
                 first, problem = _decode(head["id"], head)
                 if problem is None:
                     break

@@ -174,12 +174,19 @@ class MemoryStore(Store):
         batch_size: int = 1,
         loaded: Collection[str | None] = (),
         affinity: int = 0,
+        serves: Collection[str] | None = None,
     ) -> list[JobRecord]:
         with self._lock:
             holder, until = self._devices.get(device, (None, None))
             if holder not in (None, owner) and until is not None and until >= now:
                 return []
-            queued = sorted(self._where(lambda r: r.status is JobStatus.QUEUED), key=lambda r: r.order_key)
+            served = None if serves is None else frozenset(serves)
+            queued = sorted(
+                self._where(
+                    lambda r: r.status is JobStatus.QUEUED and (served is None or r.model is None or r.model in served)
+                ),
+                key=lambda r: r.order_key,
+            )
             if not queued:
                 return []
             window = [Waiting(r.priority, r.model, self._passed_over.get(r.id, 0)) for r in queued[: affinity + 1]]
