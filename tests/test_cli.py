@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+from unittest.mock import patch
 
 import pytest
 
@@ -28,10 +29,11 @@ from imgnb.cli.devices import check_devices, same_device
 from imgnb.cli.failures import BadArgument, StartFailed
 from imgnb.cli.pipelines import FactorySpec, build_pipelines, parse_factory, resolve_factory, takes_device
 from imgnb.cli.report import build_report, duration, render_json, render_text
+from imgnb.cli.status import snapshot
 from imgnb.cli.text import database_label, device_label, host_of
 from imgnb.cli.worklog import StartInfo, job_line, start_line, stop_line
-from imgnb.core.records import JobRecord
-from imgnb.testing import FakeGenerator
+from imgnb.core.records import JobRecord, JobSpec
+from imgnb.testing import FakeGenerator, MemoryStore
 from tests.fixtures.queues import wait_until
 
 MakeQueue = Callable[..., ImageQueue]
@@ -527,6 +529,35 @@ def test_report_counts_completions_per_window_and_names_hosts_and_devices() -> N
         "prompt": "prompt 4",
     }
     assert data["total"] == 17
+
+
+def test_status_reads_only_the_head_and_the_last_minutes(make_queue: MakeQueue, tmp_path: Path) -> None:
+    """1,000 jobs finished over 30 minutes (more than a first page of finished jobs): the windows
+    count exactly, and only the head of the queue is read."""
+    store = MemoryStore()
+    spec = JobSpec(prompt="p", params={}, seed=0, priority=1, group=None, timeout=None, max_retries=0, metadata={})
+    store.add([spec] * 1_012, batch_keys=[None] * 1_012, now=NOW - 3_600)
+    ages = [i * 1.8 for i in range(1_000)]  # seconds before NOW: 0 to 1,798
+    for age in reversed(ages):  # the oldest first
+        (claimed,) = store.claim(owner="w", device="d", now=NOW - age - 1, lease=60)
+        failed = age == ages[1]  # an error is not a completion
+        status = JobStatus.ERROR if failed else JobStatus.COMPLETE
+        store.finish(claimed.id, owner="w", status=status, now=NOW - age, error="x" if failed else None)
+    listed: list[int | None] = []
+    original = store.list_jobs
+
+    def list_jobs(**kwargs: Any) -> list[JobRecord]:
+        listed.append(kwargs.get("limit"))
+        return original(**kwargs)
+
+    store.list_jobs = list_jobs  # type: ignore[method-assign]
+    q = make_queue(str(tmp_path / "unused.db"), store=store, start=False)
+    with patch("time.time", return_value=NOW):
+        report = snapshot(q, database="db", head=3)
+    expected = {m: sum(1 for a in ages if a <= m * 60 and a != ages[1]) for m in (1, 5, 15)}
+    assert report.completed == expected and expected[15] > 256  # past the first page
+    assert [w.job_id for w in report.head] == [1_001, 1_002, 1_003]
+    assert listed == [None, 3]  # the running jobs (none here), then the head: never every queued job
 
 
 def test_report_of_an_idle_queue() -> None:
