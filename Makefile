@@ -18,6 +18,8 @@ VENV_STAMP := $(VENV)/.imgnb-installed
 LINT_PATHS := $(wildcard imgnb tests benchmarks)
 
 PYTEST_FLAGS := -p no:cacheprovider -q -ra --strict-markers --durations=10
+# Long soaks (marked `slow`) stay out of `make test` (kept under 15 minutes on 2 cores); `make bench` runs them.
+SOAKS := -m slow
 # The notebooks run top to bottom under nbval beside tests/: lax, so only cells marked
 # `# NBVAL_CHECK_OUTPUT` are compared, after the sanitize file's regexes (machine, pid, clock).
 NBVAL_ARGS ?= notebooks --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
@@ -62,15 +64,16 @@ typecheck: venv
 # One torch thread per process: the tests run generation threads, worker processes and PostgreSQL
 # side by side on two cores, where torch's default thread pool makes each call 5-40x slower.
 pytest: venv system-deps
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest $(PYTEST_FLAGS) tests $(NBVAL_ARGS) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest $(PYTEST_FLAGS) -m 'not slow' tests $(NBVAL_ARGS) $(PYTEST_ARGS)
 
 # Make runs these in the order listed (no -j here): lint, types, then the tests; the first failure stops.
 test: venv system-deps lint typecheck pytest
 
-bench: venv
+bench: venv system-deps
 	@shopt -s nullglob; benches=(benchmarks/bench_*.py); \
 	if [ $${#benches[@]} -eq 0 ]; then echo "bench: no benchmarks/bench_*.py yet"; exit 0; fi; \
 	for bench in "$${benches[@]}"; do echo "== $$bench"; $(BIN)/python "$$bench"; done
+	@echo "== soaks (tests marked slow)"; OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest $(PYTEST_FLAGS) $(SOAKS) tests
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info

@@ -53,7 +53,6 @@ def run_quick_soak() -> str:
     return out
 
 
-@pytest.mark.slow
 def test_quick_soak_finds_nothing_wrong() -> None:
     out = run_quick_soak()
     backends = {"sqlite", "postgresql"} if find_pg_bindir() is not None or running_in_ci() else {"sqlite"}

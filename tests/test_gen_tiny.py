@@ -67,7 +67,6 @@ def test_two_builds_hold_identical_weights(pipe: StableDiffusionPipeline) -> Non
     assert weights_hash(tiny_pipeline()) == weights_hash(pipe)
 
 
-@pytest.mark.slow
 def test_another_process_builds_identical_weights(pipe: StableDiffusionPipeline) -> None:
     script = "\n".join(
         [

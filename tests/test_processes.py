@@ -40,7 +40,6 @@ def read_log(log: Path) -> list[tuple[int, int, float, float]]:
     ]
 
 
-@pytest.mark.slow
 def test_two_processes_never_run_two_jobs_on_one_device(make_queue: MakeQueue, db_url: str, tmp_path: Path) -> None:
     client = make_queue(db_url)  # no generator: only submits and watches
     jobs = client.submit_batch([{"prompt": f"p{i}", "seed": i} for i in range(12)])
@@ -56,7 +55,6 @@ def test_two_processes_never_run_two_jobs_on_one_device(make_queue: MakeQueue, d
     wait_until(lambda: all(j.status is JobStatus.COMPLETE for j in jobs))  # seen by the client through the database
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("host", "said"),
     [
@@ -98,7 +96,6 @@ def _patch_many(db: str, worker: int) -> None:
             q.update_metadata(1, {"by": {f"p{worker}": {f"k{i}": i}}})
 
 
-@pytest.mark.slow
 def test_metadata_merge_across_processes(make_queue: MakeQueue, db_path: str) -> None:
     import multiprocessing
 
