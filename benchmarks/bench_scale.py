@@ -30,18 +30,15 @@ Run: ``.venv/bin/python benchmarks/bench_scale.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,40 +309,17 @@ def batch_seconds(folder: Path, n: int) -> float:
 # -- the run -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def postgres(skipped: list[str]) -> Iterator[Callable[[str], str] | None]:
-    """``new_db(name) -> url`` on a throwaway server for as long as the block runs, or None."""
-    sys.path.insert(0, str(ROOT))
-    import pytest
-
-    from tests.fixtures.postgres import find_pg_bindir, running_server
-
-    if find_pg_bindir() is None:
-        skipped.append("postgresql: skipped, no server binaries (initdb, pg_ctl, postgres); `make system-deps`")
-        yield None
-        return
-    try:
-        with running_server() as server:
-
-            def new_db(name: str) -> str:
-                name = re.sub(r"\W", "_", name)
-                server.admin_execute(f'CREATE DATABASE "{name}"')
-                return server.url(name)
-
-            yield new_db
-    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
-        skipped.append(f"postgresql: skipped, the server did not start: {exc}")
-        yield None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run")
     args = parser.parse_args()
     sizes = QUICK if args.quick else Sizes()
     tmp = Path(tempfile.mkdtemp(prefix="imgnb-bench-scale-"))
+    sys.path.insert(0, str(ROOT))  # the tests' throwaway PostgreSQL server
+    from tests.fixtures.postgres import throwaway_databases
+
     skipped: list[str] = []
-    with postgres(skipped) as new_db:
+    with throwaway_databases(skipped) as new_db:
         wake: dict[str, Wakeups] = {}
         scale: dict[str, dict[int, Throughput]] = {}
         if new_db is not None:

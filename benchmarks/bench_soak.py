@@ -49,7 +49,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -405,32 +405,6 @@ def sqlite_backend() -> Backend:
     return Backend("sqlite", lambda folder: str(folder / "jobs.db"))
 
 
-@contextlib.contextmanager
-def postgres_backend(skipped: list[str]) -> Iterator[Backend | None]:
-    """A throwaway server (tests/fixtures/postgres.py) for as long as the block runs, or None."""
-    sys.path.insert(0, str(ROOT))
-    import pytest
-
-    from tests.fixtures.postgres import find_pg_bindir, running_server
-
-    if find_pg_bindir() is None:
-        skipped.append("postgresql: skipped, no server binaries (initdb, pg_ctl, postgres); `make system-deps`")
-        yield None
-        return
-    try:
-        with running_server() as server:
-
-            def new_db(folder: Path) -> str:
-                name = re.sub(r"\W", "_", folder.name)
-                server.admin_execute(f'CREATE DATABASE "{name}"')
-                return server.url(name)
-
-            yield Backend("postgresql", new_db)
-    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
-        skipped.append(f"postgresql: skipped, the server did not start: {exc}")
-        yield None
-
-
 def fmt(value: int | None) -> str:
     return "-" if value is None else str(value)
 
@@ -512,11 +486,14 @@ def main() -> None:
             traceback.print_exc()
             return Row(backend.name, key, 0, errors=1, notes=[f"the benchmark failed: {exc!r}"])
 
+    sys.path.insert(0, str(ROOT))  # the tests' throwaway PostgreSQL server
+    from tests.fixtures.postgres import throwaway_databases
+
     try:
         with contextlib.ExitStack() as stack:
             backends = [sqlite_backend()] if "sqlite" in names else []
-            if "postgresql" in names and (pg := stack.enter_context(postgres_backend(skipped))) is not None:
-                backends.append(pg)
+            if "postgresql" in names and (new_pg := stack.enter_context(throwaway_databases(skipped))) is not None:
+                backends.append(Backend("postgresql", lambda folder, new=new_pg: new(folder.name)))
             cases = [(b, key) for b in backends for key in GAPS]
             # --quick: the restart gaps (mostly waiting) run beside the other scenarios, timed under load
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, len(cases))))

@@ -9,20 +9,10 @@ measured (its value is the benchmark's to print, not a test's to time).
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
+from tests.fixtures.benchruns import expected_backends, run_quick_bench
 
-from tests.fixtures._support import running_in_ci
-from tests.fixtures.postgres import find_pg_bindir
-
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks" / "bench_soak.py"
 LIMIT_S = 110  # under the suite's 120 s per test; the quick run takes about 40 s here
 # backend, scenario, jobs, lost, double, locked, partial, errors ("-": does not apply)
 ROW = re.compile(r"^(sqlite|postgresql) +(.+?) +(\d+) +(\d+|-) +(\d+|-) +(\d+) +(\d+|-) +(\d+)$", re.MULTILINE)
@@ -33,29 +23,9 @@ GAP = re.compile(
 )
 
 
-def run_quick_soak() -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH), "--quick"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,  # its worker processes too can be killed as one group
-    )
-    try:
-        out, _ = proc.communicate(timeout=LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"bench_soak.py --quick ran past {LIMIT_S} s:\n{out}")
-    assert proc.returncode == 0, out
-    return out
-
-
 def test_quick_soak_finds_nothing_wrong() -> None:
-    out = run_quick_soak()
-    backends = {"sqlite", "postgresql"} if find_pg_bindir() is not None or running_in_ci() else {"sqlite"}
+    out = run_quick_bench("bench_soak", limit_s=LIMIT_S)
+    backends = expected_backends()
     rows = ROW.findall(out)
     assert sorted(r[0] for r in rows) == sorted([*backends] * 3), out
     for backend, scenario, jobs, *counts in rows:
