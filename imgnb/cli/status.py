@@ -18,6 +18,7 @@ from ..queue import ImageQueue
 from ..store import Store
 from .database import open_store
 from .failures import StartFailed
+from .numbers import integer
 from .report import WINDOWS, StatusReport, build_report, render_json, render_text
 from .signals import TICK
 from .text import database_label, one_line
@@ -51,16 +52,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("db", metavar="DB", help="SQLite file or PostgreSQL URL of the queue")
     parser.add_argument(
@@ -72,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refresh every SECONDS (default 2) until Ctrl-C",
     )
     parser.add_argument(
-        "--head", type=_count, default=10, metavar="N", help="show the first N waiting jobs (default 10)"
+        "--head", type=integer(0), default=10, metavar="N", help="show the first N waiting jobs (default 10)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object (per refresh, one per line)")
 

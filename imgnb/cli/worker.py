@@ -29,6 +29,7 @@ from .database import open_store
 from .devices import check_devices, default_device
 from .failures import BadArgument, CommandError, StartFailed
 from .joblog import JobLog, Lines
+from .numbers import integer
 from .pipelines import ModelLoader, build_pipelines, describe_pipeline, parse_factory, parse_model, resolve_factory
 from .signals import StopSignals
 from .text import database_label, one_line
@@ -84,16 +85,6 @@ a device this machine lacks, not an imgnb database); 1 the factory raised or the
 reached (starting again later may work)."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "db",
@@ -111,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive,
+        type=integer(1),
         default=1,
         metavar="N",
         help="run up to N compatible waiting jobs as one pipeline call (default 1: no batching)",
@@ -128,16 +119,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the host name this worker presents (sets IMGNB_HOST); for testing several machines on one",
     )
     parser.add_argument("--json", action="store_true", help="log one JSON object per line (for log collectors)")
-
-
-def _at_least_zero(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
-    return value
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,14 +141,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-loaded",
-        type=_positive,
+        type=integer(1),
         default=1,
         metavar="N",
         help="the most --model models a device holds at once (default 1)",
     )
     parser.add_argument(
         "--affinity",
-        type=_at_least_zero,
+        type=integer(0),
         default=0,
         metavar="N",
         help="take a job for a model the device holds up to N places early (default 0: strict order)",
