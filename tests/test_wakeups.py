@@ -1,9 +1,9 @@
-"""Wake-ups on PostgreSQL (LISTEN/NOTIFY through ``Store.listen``) and the revisions behind them.
+"""Wake-ups (``Store.listen``): LISTEN/NOTIFY on PostgreSQL, ``PRAGMA data_version`` watched on
+SQLite, and the revisions behind them.
 
 The queues here poll every 30 s, so a change that arrives within the tests' 15 s wait came by
-announcement; on SQLite nothing is announced and polling does the work (the queue tests).
-PostgreSQL's revisions come from a sequence: the tests hold writes in flight with row locks taken
-behind the store's back and check that readers never skip past them.
+announcement, on both backends. PostgreSQL's revisions come from a sequence: the tests hold writes
+in flight with row locks taken behind the store's back and check that readers never skip past them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator, MemoryStore
 from tests.fixtures.queues import wait_until
 from tests.test_store_contract import NOW, spec
-
-pytestmark = pytest.mark.postgres
 
 SLOW_POLL = LeasePolicy(lease=60.0, heartbeat=30.0, poll=30.0)  # nothing arrives by polling in a test's time
 MakeQueue = Callable[..., ImageQueue]
@@ -53,6 +51,7 @@ def heard_by(store: SQLStore) -> tuple[list[int | None], Callable[[], None]]:
     return heard, stop
 
 
+@pytest.mark.postgres
 def test_writes_of_other_stores_are_announced_and_own_writes_are_not(stores: Callable[[], SQLStore]) -> None:
     listener, other = stores(), stores()
     heard, stop = heard_by(listener)
@@ -74,6 +73,7 @@ def listener_sessions(store: SQLStore) -> int:
         )
 
 
+@pytest.mark.postgres
 def test_a_dropped_listener_session_is_opened_again(stores: Callable[[], SQLStore]) -> None:
     listener, other = stores(), stores()
     heard, stop = heard_by(listener)
@@ -90,33 +90,57 @@ def test_a_dropped_listener_session_is_opened_again(stores: Callable[[], SQLStor
     stop()
 
 
-def test_stores_that_cannot_announce_give_a_stop_and_never_call(tmp_path: Path) -> None:
-    for store in (MemoryStore(), SQLStore(tmp_path / "jobs.db")):
-        called: list[int | None] = []
-        stop = store.listen(called.append)
-        store.add([spec()], batch_keys=[None], now=NOW)
-        stop()
-        store.close()
-        assert called == []
+def test_an_sqlite_file_is_watched_for_other_connections_writes(tmp_path: Path) -> None:
+    """Writes of any other connection are heard, the store's own among them (SQLite cannot tell
+    them apart; the queue drops revisions it knows), in commit order."""
+    watching, other = SQLStore(tmp_path / "jobs.db"), SQLStore(tmp_path / "jobs.db")
+    heard, stop = heard_by(watching)
+    (own,) = watching.add([spec("mine")], batch_keys=[None], now=NOW)
+    wait_until(lambda: own.revision in heard)
+    (theirs,) = other.add([spec("theirs")], batch_keys=[None], now=NOW)
+    wait_until(lambda: theirs.revision in heard)
+    assert heard == [own.revision, theirs.revision]
+    stop()
+    watching.close()
+    other.close()
 
 
-def test_a_submit_wakes_an_idle_worker_and_a_watcher_at_once(pg_db_url: str, make_queue: MakeQueue) -> None:
+def test_a_store_that_cannot_announce_gives_a_stop_and_never_calls() -> None:
+    store = MemoryStore()  # one process's memory: nobody else writes to it
+    called: list[int | None] = []
+    stop = store.listen(called.append)
+    store.add([spec()], batch_keys=[None], now=NOW)
+    stop()
+    store.close()
+    assert called == []
+
+
+def listening(url: str, *queues: ImageQueue) -> None:
+    """Until every queue hears other processes' writes. On SQLite a queue does once it is made (its
+    watcher's first session opens in the constructor); on PostgreSQL once its LISTEN session is up."""
+    if url.startswith("postgresql"):
+        wait_until(lambda: listener_sessions(queues[0].store) == len(queues))  # type: ignore[arg-type]
+
+
+def test_a_submit_wakes_an_idle_worker_and_a_watcher_at_once(db_url: str, make_queue: MakeQueue) -> None:
+    """Within the test's wait, far below the 30 s poll: LISTEN/NOTIFY on PostgreSQL, SQLite's
+    data_version watched every 20 ms on SQLite."""
     gen = FakeGenerator()
-    worker = make_queue(pg_db_url, generator=gen, lease=SLOW_POLL)
-    watcher = make_queue(pg_db_url, lease=SLOW_POLL)
-    client = make_queue(pg_db_url, lease=SLOW_POLL)
-    wait_until(lambda: listener_sessions(worker.store) == 3)  # type: ignore[arg-type]
+    worker = make_queue(db_url, generator=gen, lease=SLOW_POLL)
+    watcher = make_queue(db_url, lease=SLOW_POLL)
+    client = make_queue(db_url, lease=SLOW_POLL)
+    listening(db_url, worker, watcher, client)
     job = client.submit("wake up")
     seen = watcher.get(job.id)  # a handle the watcher keeps current from announcements alone
     wait_until(lambda: seen.status is JobStatus.COMPLETE)  # ran on the worker, seen by the watcher
     assert gen.calls == [job.id]
 
 
-def test_a_cancel_stops_a_job_running_in_another_queue_at_its_next_step(pg_db_url: str, make_queue: MakeQueue) -> None:
+def test_a_cancel_stops_a_job_running_in_another_queue_at_its_next_step(db_url: str, make_queue: MakeQueue) -> None:
     gen = FakeGenerator(steps=3000, step_time=0.005)  # 15 s unless stopped
-    worker = make_queue(pg_db_url, generator=gen, lease=SLOW_POLL)
-    client = make_queue(pg_db_url, lease=SLOW_POLL)
-    wait_until(lambda: listener_sessions(worker.store) == 2)  # type: ignore[arg-type]
+    worker = make_queue(db_url, generator=gen, lease=SLOW_POLL)
+    client = make_queue(db_url, lease=SLOW_POLL)
+    listening(db_url, worker, client)
     job = client.submit("long")
     wait_until(lambda: worker.step_of(job.id) is not None)
     client.cancel(job.id)
@@ -129,6 +153,7 @@ def blocked_writers(url: str) -> int:
         return int(row[0]) if row else 0
 
 
+@pytest.mark.postgres
 def test_readers_stop_below_a_write_in_flight(stores: Callable[[], SQLStore], pg_db_url: str) -> None:
     """A write that drew its revision but has not committed holds every reader's revision below it:
     a later write that commits first is not read past it, and nothing is skipped."""
@@ -150,6 +175,7 @@ def test_readers_stop_below_a_write_in_flight(stores: Callable[[], SQLStore], pg
     assert final >= late.revision
 
 
+@pytest.mark.postgres
 def test_a_row_changed_by_a_write_that_drew_earlier_gets_a_newer_revision(
     stores: Callable[[], SQLStore], pg_db_url: str
 ) -> None:
@@ -170,6 +196,7 @@ def test_a_row_changed_by_a_write_that_drew_earlier_gets_a_newer_revision(
     assert isinstance(later, int) and updated.revision > later  # type: ignore[attr-defined]
 
 
+@pytest.mark.postgres
 def test_a_database_from_before_the_sequence_counts_on_from_its_counter(pg_db_url: str) -> None:
     store = SQLStore(pg_db_url)
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
@@ -191,10 +218,10 @@ def test_a_database_from_before_the_sequence_counts_on_from_its_counter(pg_db_ur
         upgraded.close()
 
 
-def test_a_full_run_on_a_watched_queue_sees_each_state(pg_db_url: str, make_queue: MakeQueue) -> None:
-    worker = make_queue(pg_db_url, generator=FakeGenerator(steps=40, step_time=0.01), lease=SLOW_POLL)
-    watcher = make_queue(pg_db_url, lease=SLOW_POLL)
-    wait_until(lambda: listener_sessions(worker.store) == 2)  # type: ignore[arg-type]
+def test_a_full_run_on_a_watched_queue_sees_each_state(db_url: str, make_queue: MakeQueue) -> None:
+    worker = make_queue(db_url, generator=FakeGenerator(steps=40, step_time=0.01), lease=SLOW_POLL)
+    watcher = make_queue(db_url, lease=SLOW_POLL)
+    listening(db_url, worker, watcher)
     statuses: list[JobStatus] = []
     job = watcher.submit("watched")
     watcher.subscribe(lambda e: statuses.append(e.status) if e.job_id == job.id and e.kind.value == "status" else None)
@@ -202,6 +229,7 @@ def test_a_full_run_on_a_watched_queue_sees_each_state(pg_db_url: str, make_queu
     assert statuses == [JobStatus.PROCESSING, JobStatus.COMPLETE]
 
 
+@pytest.mark.postgres
 def test_counts_stay_exact_with_writers_in_parallel(stores: Callable[[], SQLStore]) -> None:
     """No writer waits for another any more: the counts kept by triggers, in parts, still add up."""
     setup = stores()

@@ -48,7 +48,7 @@ from ..core.validation import MAX_MODEL_LENGTH, json_data, validate_group, valid
 from ..errors import DatabaseError, DatabaseURLError, JobNotFound, NotADatabase, SchemaVersionError
 from .base import Store
 from .engine import READ_ONLY, is_read_only, make_engine, to_url
-from .notify import Listener
+from .notify import Listener, VersionWatcher
 from .prepared import Prepared, Row
 from .schema import COUNT_ROWS, COUNT_TRIGGERS, SCHEMA_VERSION, CountRow, DeviceRow, JobRow, MetaRow
 
@@ -432,7 +432,7 @@ class SQLStore(Store):
         self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error  # from Prepared statements
         self._prepared: dict[sa.Executable, Prepared] = {}
         self._own_backends: set[int] = set()  # PostgreSQL: this store's sessions, whose writes it does not announce
-        self._listeners: list[Listener] = []
+        self._listeners: list[Listener | VersionWatcher] = []
         if self.dialect == "postgresql":
             sa.event.listen(self.engine, "connect", self._opened)
             sa.event.listen(self.engine, "close", self._closed)
@@ -1073,14 +1073,24 @@ class SQLStore(Store):
             return updated
 
     def listen(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
-        """PostgreSQL: a ``LISTEN`` session of its own (see ``notify.Listener``). SQLite cannot
-        announce writes: the base class's ``stop`` that does nothing."""
-        if self.dialect != "postgresql":
+        """PostgreSQL: a ``LISTEN`` session of its own (``notify.Listener``). An SQLite file: a
+        connection of its own that watches ``PRAGMA data_version`` (``notify.VersionWatcher``); it
+        hears this store's own writes too. An in-memory SQLite database has no other process."""
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        if self.dialect == "sqlite":
+            cparams = {**cparams, "check_same_thread": False}  # opened here, used in the watcher's thread
+
+        def connect() -> Any:
+            return self.engine.dialect.connect(*cargs, **cparams)
+
+        listener: Listener | VersionWatcher
+        if self.dialect == "postgresql":
+            listener = Listener(connect, _CHANNEL, callback, ignore=self._own_backends)
+        elif self.url.database and self.url.database != ":memory:":
+            revision_sql = str(_REVISION.compile(dialect=self.engine.dialect))
+            listener = VersionWatcher(connect, revision_sql, callback)
+        else:
             return super().listen(callback)
-        cargs, cparams = self.engine.dialect.create_connect_args(self.url)
-        listener = Listener(
-            lambda: self.engine.dialect.connect(*cargs, **cparams), _CHANNEL, callback, ignore=self._own_backends
-        )
         self._listeners.append(listener)
         return listener.stop
 
