@@ -95,7 +95,7 @@ class OrderIndex:
     def update(self, changes: Iterable[tuple[int, OrderKey | None]]) -> None:
         """Place, move (a key) or take out (None) many jobs at once. One ``put`` moves a slice of
         the list, which is fine for a few jobs; for many (a bulk cancel of 100,000) the list is
-        rebuilt and sorted once instead: milliseconds rather than minutes."""
+        rebuilt once instead, the entries kept merged with the new ones: milliseconds, not minutes."""
         last = dict(changes)  # where each job ends up
         changes = [(job_id, key) for job_id, key in last.items() if self._key_of.get(job_id) != key]
         if len(changes) <= max(64, len(self._keys) // 64):
@@ -105,12 +105,15 @@ class OrderIndex:
                 else:
                     self.put(job_id, key)
             return
+        moved = {job_id for job_id, _ in changes if job_id in self._key_of}  # their old entries go
         for job_id, key in changes:
             if key is None:
                 self._key_of.pop(job_id, None)
             else:
                 self._key_of[job_id] = key
-        self._keys = sorted((*key, job_id) for job_id, key in self._key_of.items())
+        kept = [entry for entry in self._keys if entry[-1] not in moved] if moved else self._keys
+        added = sorted((*key, job_id) for job_id, key in changes if key is not None)
+        self._keys = sorted(kept + added) if kept and added else kept or added  # two sorted runs: merged in one pass
 
     def position(self, job_id: int) -> int | None:
         """1 = runs next; None when the job is not queued."""

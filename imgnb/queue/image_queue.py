@@ -668,7 +668,7 @@ class ImageQueue:
         return job if job is not None else Job(self, state)
 
     def _read_state(self, state: JobState) -> None:
-        """Read the record of a state a bulk edit made (``JobState.unread``); one newer than the
+        """Read the record of a state a bulk edit made (unread: see ``JobState``); one newer than the
         state is applied as any change seen in the database (events, waiters)."""
         record = self.store.get(state.job_id)
         self._publish_records([record])

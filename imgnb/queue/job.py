@@ -44,10 +44,13 @@ class JobState:
     queue settles a state only after the events of the change were delivered, so that code woken by
     ``result()`` has seen those events.
 
-    A state made for a bulk edit's handles (``JobState.unread``: 100,000 records would cost more
-    than the write) knows the job's id, status and revision only; its record is read on first use,
-    through ``read(state)``, which stores it here (``take``), brought up to the newest revision.
+    An unread state, made for a bulk edit's handles without a record (100,000 records cost more than
+    the write), knows the job's id, status and revision only; its record is read on first use, by
+    ``read(state)``, which stores it here brought up to the newest revision.
     """
+
+    __slots__ = ("__weakref__", "_final", "_read", "_record", "_waiter", "handle", "job_id", "revision", "status")
+    _lock = threading.Lock()  # for the waiters of every state: taken briefly, and a lock each costs 100,000 locks
 
     def __init__(
         self,
@@ -64,16 +67,8 @@ class JobState:
         self.revision = revision if record is None else record.revision
         self.handle: weakref.ref[Job] | None = None  # the Job of this state, while it lives
         self._read = read
-        self._lock = threading.Lock()
         self._final = self.status.is_final  # as of the last settle()
         self._waiter: concurrent.futures.Future[None] | None = None  # made when someone waits
-
-    @classmethod
-    def unread(
-        cls, job_id: int, *, status: JobStatus, revision: int, read: Callable[[JobState], None]
-    ) -> JobState:
-        """The state of a job known by id, status and revision; ``read(state)`` fetches its record."""
-        return cls(None, job_id=job_id, status=status, revision=revision, read=read)
 
     @property
     def record(self) -> JobRecord:
@@ -122,6 +117,8 @@ class JobState:
 
 class Job:
     """One job of an ``ImageQueue``. Get it from ``submit``, ``submit_batch``, ``get`` or ``jobs``."""
+
+    __slots__ = ("__weakref__", "_queue", "_state")
 
     def __init__(self, queue: ImageQueue, state: JobState) -> None:
         self._queue = queue

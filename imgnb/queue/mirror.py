@@ -77,27 +77,27 @@ class QueueMirror:
 
     def bulk_states(self, change: BulkChange, read: Callable[[JobState], None]) -> list[JobState]:
         """The live states of a bulk change's jobs, in its order: those alive, and new unread ones
-        (``JobState.unread``) for the others, as the mirror last saw each job."""
+        (unread: see ``JobState``) for the others, as the mirror last saw each job."""
         with self._lock:
-            states = []
+            live = self._live
+            states = [live(job_id) for job_id in change.ids] if self._states else [None] * len(change.ids)
             made = []
-            for job_id in change.ids:
-                state = self._live(job_id)
+            for k, state in enumerate(states):
                 if state is None:
+                    job_id = change.ids[k]
                     seen = self._seen.get(job_id)
-                    status, revision = (change.status, change.revision) if seen is None else seen[:2]
-                    state = JobState.unread(job_id, status=status, revision=revision, read=read)
+                    status, revision = (change.status, change.revision) if seen is None else (seen.status, seen.revision)
+                    states[k] = state = JobState(None, job_id=job_id, status=status, revision=revision, read=read)
                     made.append(state)
-                states.append(state)
             self._keep(made)
-            return states
+            return states  # type: ignore[return-value]  # every None was replaced
 
     def _live(self, job_id: int) -> JobState | None:
         ref = self._states.get(job_id)
         return None if ref is None else ref()
 
     def _keep(self, states: list[JobState]) -> None:
-        self._states.update((state.job_id, weakref.ref(state)) for state in states)
+        self._states.update(zip([state.job_id for state in states], map(weakref.ref, states), strict=True))
         if len(self._states) > 2 * self._swept_at + 1024:
             self._states = {job_id: ref for job_id, ref in self._states.items() if ref() is not None}
             self._swept_at = len(self._states)
@@ -180,13 +180,15 @@ class QueueMirror:
             changed: list[tuple[int, float]] = []
             touched: list[JobState] = []
             applied: list[int] = []
+            fresh = _Seen(change.revision, status, 0.0)  # shared by the jobs without progress: most
             for job_id in change.ids:
                 seen = self._seen.get(job_id)
                 if seen is not None and seen.revision >= change.revision:
                     continue  # a newer change was seen already
                 applied.append(job_id)
                 progress = 0.0 if queued or seen is None else seen.progress
-                self._seen[job_id] = _Seen(change.revision, status, progress)
+                now_seen = fresh if progress == 0.0 else _Seen(change.revision, status, progress)
+                self._seen[job_id] = now_seen
                 if emit and (seen is None or seen.status is not status):
                     changed.append((job_id, progress))
             candidates = applied
