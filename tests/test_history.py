@@ -376,7 +376,9 @@ def test_retry_failed_handles_read_their_record_when_asked(make_queue: MakeQueue
         again[0].result(timeout=30)
     with pytest.raises(JobCancelled):
         again[1].result(timeout=30)
-    wait_until(lambda: {(e.job_id, e.status) for e in events} >= {(ids[0], JobStatus.QUEUED), (ids[1], JobStatus.CANCELLED)})
+    wait_until(
+        lambda: {(e.job_id, e.status) for e in events} >= {(ids[0], JobStatus.QUEUED), (ids[1], JobStatus.CANCELLED)}
+    )
 
 
 @settings(deadline=None)

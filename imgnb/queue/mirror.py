@@ -79,18 +79,20 @@ class QueueMirror:
         """The live states of a bulk change's jobs, in its order: those alive, and new unread ones
         (unread: see ``JobState``) for the others, as the mirror last saw each job."""
         with self._lock:
-            live = self._live
-            states = [live(job_id) for job_id in change.ids] if self._states else [None] * len(change.ids)
+            found = [self._live(job_id) for job_id in change.ids] if self._states else [None] * len(change.ids)
+            states: list[JobState] = []
             made = []
-            for k, state in enumerate(states):
+            for job_id, state in zip(change.ids, found, strict=True):
                 if state is None:
-                    job_id = change.ids[k]
                     seen = self._seen.get(job_id)
-                    status, revision = (change.status, change.revision) if seen is None else (seen.status, seen.revision)
-                    states[k] = state = JobState(None, job_id=job_id, status=status, revision=revision, read=read)
+                    status, revision = (
+                        (change.status, change.revision) if seen is None else (seen.status, seen.revision)
+                    )
+                    state = JobState(None, job_id=job_id, status=status, revision=revision, read=read)
                     made.append(state)
+                states.append(state)
             self._keep(made)
-            return states  # type: ignore[return-value]  # every None was replaced
+            return states
 
     def _live(self, job_id: int) -> JobState | None:
         ref = self._states.get(job_id)
