@@ -22,7 +22,9 @@ from imgnb import (
     IllegalTransition,
     ImageQueue,
     InvalidJob,
+    JobCancelled,
     JobEvent,
+    JobFailed,
     JobNotFound,
     JobStatus,
     MissingExtra,
@@ -349,6 +351,34 @@ def test_cancel_all_and_retry_failed(make_queue: MakeQueue, db_url: str) -> None
     wait_until(lambda: positions(watcher) == positions(q))
     assert q.retry_failed() == [] and q.cancel_all(status="pending") == 0
     assert q.counts()["queued"] == 4 and q.counts()["cancelled"] == 4 and q.counts()["error"] == 0
+
+
+def test_retry_failed_handles_read_their_record_when_asked(make_queue: MakeQueue, db_url: str) -> None:
+    """Handles of jobs that had none alive: made from the bulk change, each reads its record on
+    first use, the newest one (here a cancel by another process), and waits as any handle."""
+    q = make_queue(db_url, generator=FakeGenerator())
+    ids = [j.id for j in q.submit_batch([{"prompt": f"fail {i}"} for i in range(3)], max_retries=0, metadata={"k": 1})]
+    wait_until(lambda: q.counts()["error"] == 3)
+    q.pause()
+    other = make_queue(db_url, start=False)
+    events: list[JobEvent] = []
+    q.subscribe(events.append)
+    again = q.retry_failed()
+    assert [j.id for j in again] == ids and [j.position for j in again] == [1, 2, 3]
+    assert all(j.status is JobStatus.QUEUED and not j.done() for j in again)
+    wait_until(lambda: positions(other) == ids)
+    other.cancel(ids[1])
+    assert again[1].prompt == "fail 1" and again[1].status is JobStatus.CANCELLED  # read: the newest
+    assert (again[0].prompt, again[0].attempts, again[0].error, again[0].metadata) == ("fail 0", 0, None, {"k": 1})
+    assert q.get(ids[2]) is again[2] and again[2].record == q.store.get(ids[2])
+    q.resume()
+    with pytest.raises(JobFailed):
+        again[0].result(timeout=30)
+    with pytest.raises(JobCancelled):
+        again[1].result(timeout=30)
+    wait_until(
+        lambda: {(e.job_id, e.status) for e in events} >= {(ids[0], JobStatus.QUEUED), (ids[1], JobStatus.CANCELLED)}
+    )
 
 
 @settings(deadline=None)

@@ -290,12 +290,30 @@ def test_requeue_failed_goes_to_the_back_in_the_old_order(store: Store) -> None:
     ids = [r.id for r in jobs]
     finish_all(store, ids[:3], status=S.ERROR)
     (waiting,) = store.list_jobs(status=S.QUEUED)
+    rev, _ = store.changes_since(0)
     again = store.requeue_failed(group="g", now=NOW + 9)
-    assert [r.id for r in again] == [ids[0], ids[2]]
-    assert all((r.status, r.attempts, r.error, r.finished_at) == (S.QUEUED, 0, None, None) for r in again)
-    assert [r.id for r in store.list_jobs(status=S.QUEUED)] == [waiting.id, ids[0], ids[2]]
+    assert again.ids == (ids[0], ids[2]) and again.status is S.QUEUED and again.revision > rev
+    stored = {r.id: r for r in store.list_jobs(status=S.QUEUED)}
+    assert list(stored) == [waiting.id, ids[0], ids[2]]
+    # the change says what the records say: the values set, each job's new place, the revision
+    assert again.keys == tuple(stored[i].order_key for i in again.ids) and again.keys[0] > waiting.order_key
+    assert [again.applied_to(jobs[i]) for i in (0, 2)] == [stored[ids[0]], stored[ids[2]]]
+    assert all((r.attempts, r.error, r.finished_at, r.images) == (0, None, None, ()) for r in stored.values())
+    assert [r.id for r in store.changes_since(rev)[1]] == [ids[0], ids[2]]
     assert [r.id for r in store.list_jobs(status=S.ERROR)] == [ids[1]]  # another group
-    assert store.requeue_failed(group="g", now=NOW) == []
+    assert store.requeue_failed(group="g", now=NOW).ids == ()
+
+
+def test_requeue_failed_keeps_priorities_and_order_at_scale(store: Store) -> None:
+    """Many jobs at several priorities: the change lists them in their old order (that of their
+    new ``seq``), each with its place in the run order."""
+    jobs = store.add([grouped(f"j{i}", None, priority=i % 3) for i in range(300)], batch_keys=[None] * 300, now=NOW)
+    finish_all(store, [r.id for r in store.list_jobs(status=S.QUEUED)], status=S.ERROR)
+    again = store.requeue_failed(group=None, now=NOW + 1)
+    stored = store.list_jobs(status=S.QUEUED)
+    assert tuple(sorted(again.ids, key=again.key_of.__getitem__)) == tuple(r.id for r in stored)
+    assert again.key_of == {r.id: r.order_key for r in stored}
+    assert again.ids == tuple(r.id for r in sorted(stored, key=lambda r: r.seq)) == tuple(r.id for r in jobs)
 
 
 def queued_ids(store: Store) -> list[int]:

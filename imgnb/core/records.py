@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
-from .ordering import RUN_ORDER, OrderKey, order_key
+from .ordering import RUN_ORDER, OrderKey, order_key, run_order_fields
 from .states import JobStatus
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "JobSpec",
     "ModelLoad",
     "RemovedJob",
+    "requeued",
 ]
 
 
@@ -143,15 +145,39 @@ class RemovedJob:
     images: tuple[str, ...] = ()
 
 
+def requeued(now: float) -> dict[str, Any]:
+    """What putting a finished job back in the queue by hand resets, as ``JobRecord`` fields: the
+    one declaration of a fresh start (its new ``seq`` is set beside it)."""
+    return {
+        "status": JobStatus.QUEUED,
+        "attempts": 0,
+        "error": None,
+        "progress": 0.0,
+        "images": (),
+        "started_at": None,
+        "finished_at": None,
+        "run_at": now,
+        "owner": None,
+        "device": None,
+        "batch": None,
+        "cancel_requested": False,
+        "updated_at": now,
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class BulkChange:
-    """One change made alike to many jobs in one write (a bulk cancel): which jobs, the revision
-    it was stamped with and the fields it set. It says what their records would, at a fraction of
-    the cost: building 100,000 records takes about a second, longer than the write itself."""
+    """One change made alike to many jobs in one write (a bulk cancel, a bulk retry): which jobs,
+    the revision it was stamped with and the fields it set. It says what their records would, at a
+    fraction of the cost: building 100,000 records takes about a second, longer than the write itself.
+
+    A change that puts jobs back in the queue also gives each one's run-order key (``keys``, in the
+    order of ``ids``, which is then their run order): the only fields it sets that differ by job."""
 
     ids: tuple[int, ...]
     revision: int
     values: Mapping[str, Any]  # JobRecord field -> the value each of these jobs now has ("status" among them)
+    keys: tuple[OrderKey, ...] = ()  # queued by the change: each job's run-order key, as ``ids``
 
     @property
     def status(self) -> JobStatus:
@@ -160,4 +186,12 @@ class BulkChange:
 
     def applied_to(self, record: JobRecord) -> JobRecord:
         """``record`` (one of these jobs, as it was) after this change."""
-        return replace(record, revision=self.revision, **self.values)
+        fields = dict(self.values)
+        if self.keys:
+            fields.update(run_order_fields(self.key_of[record.id]))
+        return replace(record, revision=self.revision, **fields)
+
+    @cached_property
+    def key_of(self) -> dict[int, OrderKey]:
+        """Job id -> its run-order key (for a change that queued the jobs)."""
+        return dict(zip(self.ids, self.keys, strict=True))

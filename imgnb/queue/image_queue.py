@@ -26,7 +26,7 @@ from ..core.editing import EDITABLE_STATUSES, Place
 from ..core.history import Retention, prunable_statuses, prune_rule
 from ..core.leases import LeasePolicy
 from ..core.owners import dead_on_host
-from ..core.records import DeviceState, EventKind, JobEvent, JobRecord, JobSpec, ModelLoad, RemovedJob
+from ..core.records import BulkChange, DeviceState, EventKind, JobEvent, JobRecord, JobSpec, ModelLoad, RemovedJob
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
 from ..core.table import TIME_COLUMNS, columns, job_row
@@ -152,7 +152,6 @@ class ImageQueue:
         # now, before the first claim, so the interrupted job is the next to run at its old place.
         self._recover_dead_owners()
         self._mirror = QueueMirror(*self.store.queued_snapshot())
-        self._handles: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
         self._steps: dict[int, tuple[int, int]] = {}
         self._previews: dict[int, Image] = {}  # the latest preview of each job running here
         self._loading: dict[int, ModelLoad] = {}  # the model load each job running here waits for
@@ -615,19 +614,18 @@ class ImageQueue:
         statuses = EDITABLE_STATUSES if wanted is None else frozenset({wanted})
         self._check_open()
         change = self.store.cancel_all(statuses=statuses, group=group, now=time.time())
-        events, touched = self._mirror.apply_bulk(change, emit=bool(self._bus))
-        if events or touched:
-            self._loop.call(self._settle, events, touched)
+        self._publish_bulk(change)
         return len(change.ids)
 
     def retry_failed(self, *, group: str | None = None) -> list[Job]:
         """Put every job in error (of ``group``) back in the queue in one transaction, each at the
-        end of its priority, in their old order; returns their handles."""
+        end of its priority, in their old order; returns their handles (each one's record is read
+        from the database when first asked for: its status and position are known at once)."""
         self._check_open()
-        records = self.store.requeue_failed(group=group, now=time.time())
-        self._publish_written(records)
+        change = self.store.requeue_failed(group=group, now=time.time())
+        self._publish_bulk(change)
         self._wake()
-        return [self._handle(r) for r in records]
+        return [self._handle_of(state) for state in self._mirror.bulk_states(change, self._read_state)]
 
     # -- live state: positions and steps, read by Job handles and widgets ----------------------------
 
@@ -662,10 +660,25 @@ class ImageQueue:
             record = self.store.get(record.id)
         state = self._mirror.state(record)
         state.settle()
-        job = self._handles.get(record.id)
-        if job is None:
-            job = self._handles[record.id] = Job(self, state)
-        return job
+        return self._handle_of(state)
+
+    def _handle_of(self, state: JobState) -> Job:
+        """The one live handle of a job's state (made if none is alive)."""
+        job = state.handle() if state.handle is not None else None
+        return job if job is not None else Job(self, state)
+
+    def _read_state(self, state: JobState) -> None:
+        """Read the record of a state a bulk edit made (unread: see ``JobState``); one newer than the
+        state is applied as any change seen in the database (events, waiters)."""
+        record = self.store.get(state.job_id)
+        self._publish_records([record])
+        self._mirror.state(record)  # stores it in the state (the same revision, or a newer one)
+
+    def _publish_bulk(self, change: BulkChange) -> None:
+        """What one bulk write of this process changed: the mirror need not read it back."""
+        events, touched = self._mirror.apply_bulk(change, emit=bool(self._bus))
+        if events or touched:
+            self._loop.call(self._settle, events, touched)
 
     def _publish_written(self, records: list[JobRecord]) -> None:
         """Records that one write of this process returned: the mirror need not read them back."""

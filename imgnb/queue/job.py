@@ -11,13 +11,14 @@ import asyncio
 import concurrent.futures
 import copy
 import threading
-from collections.abc import Generator
+import weakref
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..core.describe import job_text
 from ..core.ordering import Priority
-from ..core.records import JobRecord, ModelLoad
+from ..core.records import BulkChange, JobRecord, ModelLoad
 from ..core.states import JobStatus
 from ..errors import JobCancelled, JobFailed, JobWaitTimeout
 from .files import load_images
@@ -42,18 +43,62 @@ class JobState:
     ``done_future()`` resolves when the job is final. It follows ``settle()``, not ``record``: the
     queue settles a state only after the events of the change were delivered, so that code woken by
     ``result()`` has seen those events.
+
+    An unread state, made for a bulk edit's handles without a record (100,000 records cost more than
+    the write), knows the job's id, status and revision only; its record is read on first use, by
+    ``read(state)``, which stores it here brought up to the newest revision.
     """
 
-    def __init__(self, record: JobRecord) -> None:
-        self.record = record
-        self._lock = threading.Lock()
-        self._final = record.status.is_final  # as of the last settle()
+    __slots__ = ("__weakref__", "_final", "_read", "_record", "_waiter", "handle", "job_id", "revision", "status")
+    _lock = threading.Lock()  # for the waiters of every state: taken briefly, and a lock each costs 100,000 locks
+
+    def __init__(
+        self,
+        record: JobRecord | None,
+        *,
+        job_id: int = 0,
+        status: JobStatus = JobStatus.QUEUED,
+        revision: int = 0,
+        read: Callable[[JobState], None] | None = None,
+    ) -> None:
+        self._record = record
+        self.job_id = job_id if record is None else record.id
+        self.status = status if record is None else record.status  # as of ``revision``
+        self.revision = revision if record is None else record.revision
+        self.handle: weakref.ref[Job] | None = None  # the Job of this state, while it lives
+        self._read = read
+        self._final = self.status.is_final  # as of the last settle()
         self._waiter: concurrent.futures.Future[None] | None = None  # made when someone waits
+
+    @property
+    def record(self) -> JobRecord:
+        record = self._record
+        while record is None:  # read again if a newer change came between the read and the store
+            assert self._read is not None, "an unread state always has its reader"
+            self._read(self)
+            record = self._record
+        return record
+
+    @record.setter
+    def record(self, record: JobRecord) -> None:
+        self._record, self.status, self.revision = record, record.status, record.revision
+
+    @property
+    def known(self) -> JobRecord | None:
+        """The record if it was read (never reads it)."""
+        return self._record
+
+    def take(self, change: BulkChange) -> None:
+        """A bulk edit of this job, newer than its state."""
+        if self._record is not None:
+            self.record = change.applied_to(self._record)
+        else:
+            self.status, self.revision = change.status, change.revision
 
     def settle(self) -> None:
         """Wake the waiters of a job that became final; re-arm for one retried by hand."""
         with self._lock:
-            self._final = self.record.status.is_final
+            self._final = self.status.is_final
             waiter = self._waiter
             if waiter is not None and self._final and not waiter.done():
                 waiter.set_result(None)
@@ -73,9 +118,12 @@ class JobState:
 class Job:
     """One job of an ``ImageQueue``. Get it from ``submit``, ``submit_batch``, ``get`` or ``jobs``."""
 
+    __slots__ = ("__weakref__", "_queue", "_state")
+
     def __init__(self, queue: ImageQueue, state: JobState) -> None:
         self._queue = queue
         self._state = state
+        state.handle = weakref.ref(self)
 
     @property
     def _record(self) -> JobRecord:
@@ -91,7 +139,7 @@ class Job:
         """The stored record behind this handle (a frozen snapshot)."""
         return self._record
 
-    id = property(lambda self: self._record.id, doc="The job's id in its database.")
+    id = property(lambda self: self._state.job_id, doc="The job's id in its database.")
     prompt = property(lambda self: self._record.prompt)
     seed = property(lambda self: self._record.seed, doc="The seed it runs with (drawn at submit when not given).")
     # copies: changing what you were given must not change what the handle shows
@@ -110,7 +158,7 @@ class Job:
 
     @property
     def status(self) -> JobStatus:
-        return self._record.status
+        return self._state.status
 
     @property
     def priority(self) -> str:
@@ -128,7 +176,7 @@ class Job:
         passes it), so at most ``position - 1 + N`` of the jobs now queued start before it.
         Batching (``batch_size``) lets a job's batch mates start with it wherever they wait.
         """
-        return self._queue.position(self._record.id)
+        return self._queue.position(self._state.job_id)
 
     @property
     def progress(self) -> float:
@@ -142,18 +190,18 @@ class Job:
     @property
     def step(self) -> tuple[int, int] | None:
         """``(step, total)`` while it runs in this process, else None."""
-        return self._queue.step_of(self._record.id)
+        return self._queue.step_of(self._state.job_id)
 
     @property
     def preview(self) -> Image | None:
         """A small image of what the job is becoming, refreshed while it runs in this process (a few
         times a second at most); None before its first step and once it ends (the result replaces it)."""
-        return self._queue.preview_of(self._record.id)
+        return self._queue.preview_of(self._state.job_id)
 
     @property
     def loading(self) -> ModelLoad | None:
         """While it runs in this process and waits for its model to load: which, where, since when."""
-        return self._queue.loading_of(self._record.id)
+        return self._queue.loading_of(self._state.job_id)
 
     @property
     def images(self) -> list[str]:
@@ -167,33 +215,33 @@ class Job:
     run_at = property(lambda self: _when(self._record.run_at), doc="When a pending job becomes eligible again.")
 
     def done(self) -> bool:
-        return self._record.status.is_final
+        return self._state.status.is_final
 
     def cancel(self) -> None:
         """Leave the queue at once if waiting; stop at the next step if running."""
-        self._queue.cancel(self._record.id)
+        self._queue.cancel(self._state.job_id)
 
     def retry(self) -> None:
         """Put a failed or cancelled job back in the queue (at the end of its priority)."""
-        self._queue.retry(self._record.id)
+        self._queue.retry(self._state.job_id)
 
     def set_priority(self, priority: str) -> None:
         """Give a queued or pending job another priority ('high', 'normal' or 'low'): it goes to
         the end of that priority's queue. ``IllegalTransition`` for a job that runs or has ended."""
-        self._queue.set_priority(self._record.id, priority)
+        self._queue.set_priority(self._state.job_id, priority)
 
     def move_to_front(self) -> None:
         """Run this waiting job next among the jobs of its priority."""
-        self._queue.move(self._record.id, to="front")
+        self._queue.move(self._state.job_id, to="front")
 
     def move_to_back(self) -> None:
         """Run this waiting job after every other job of its priority."""
-        self._queue.move(self._record.id, to="back")
+        self._queue.move(self._state.job_id, to="back")
 
     def move(self, *, before: Job | int) -> None:
         """Run this waiting job just before ``before``, a waiting job of the same priority (a
         ``Job`` or an id); moving before a job of another priority is refused (``IllegalTransition``)."""
-        self._queue.move(self._record.id, before=before)
+        self._queue.move(self._state.job_id, before=before)
 
     def result(self, timeout: float | None = None) -> list[Image]:
         """Wait for the job and return its images; raises ``JobFailed`` or ``JobCancelled``.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from ..core.ordering import OrderIndex, OrderKey
@@ -39,7 +39,10 @@ class QueueMirror:
         self._index = OrderIndex(queued)
         self.revision = revision  # the database revision this mirror has caught up with
         self._seen: dict[int, _Seen] = {job_id: _Seen(revision, JobStatus.QUEUED, 0.0) for job_id, _ in queued}
-        self._states: weakref.WeakValueDictionary[int, JobState] = weakref.WeakValueDictionary()
+        # the live states, weakly: plain references (a WeakValueDictionary costs microseconds an
+        # entry, which 100,000 handles of a bulk retry notice), the dead ones swept as it grows
+        self._states: dict[int, weakref.ref[JobState]] = {}
+        self._swept_at = 0  # how many were alive at the last sweep
 
     # -- reading (any thread) -------------------------------------------------------------------
 
@@ -57,19 +60,49 @@ class QueueMirror:
             return len(self._index)
 
     def record_of(self, job_id: int) -> JobRecord | None:
-        """The newest record of a job that has a live handle, else None."""
-        state = self._states.get(job_id)
-        return None if state is None else state.record
+        """The newest record of a job that has a live handle and was read, else None."""
+        state = self._live(job_id)
+        return None if state is None else state.known
 
     def state(self, record: JobRecord) -> JobState:
         """The one live state of a job (made if none is alive), brought up to ``record``."""
         with self._lock:
-            state = self._states.get(record.id)
+            state = self._live(record.id)
             if state is None:
-                state = self._states[record.id] = JobState(record)
-            elif state.record.revision < record.revision:
+                state = JobState(record)
+                self._keep([state])
+            elif state.revision < record.revision or (state.known is None and state.revision == record.revision):
                 state.record = record
             return state
+
+    def bulk_states(self, change: BulkChange, read: Callable[[JobState], None]) -> list[JobState]:
+        """The live states of a bulk change's jobs, in its order: those alive, and new unread ones
+        (unread: see ``JobState``) for the others, as the mirror last saw each job."""
+        with self._lock:
+            found = [self._live(job_id) for job_id in change.ids] if self._states else [None] * len(change.ids)
+            states: list[JobState] = []
+            made = []
+            for job_id, state in zip(change.ids, found, strict=True):
+                if state is None:
+                    seen = self._seen.get(job_id)
+                    status, revision = (
+                        (change.status, change.revision) if seen is None else (seen.status, seen.revision)
+                    )
+                    state = JobState(None, job_id=job_id, status=status, revision=revision, read=read)
+                    made.append(state)
+                states.append(state)
+            self._keep(made)
+            return states
+
+    def _live(self, job_id: int) -> JobState | None:
+        ref = self._states.get(job_id)
+        return None if ref is None else ref()
+
+    def _keep(self, states: list[JobState]) -> None:
+        self._states.update(zip([state.job_id for state in states], map(weakref.ref, states), strict=True))
+        if len(self._states) > 2 * self._swept_at + 1024:
+            self._states = {job_id: ref for job_id, ref in self._states.items() if ref() is not None}
+            self._swept_at = len(self._states)
 
     def is_stale(self, record: JobRecord) -> bool:
         """True when a newer version of the job was applied than ``record`` (a handle made from a
@@ -107,8 +140,8 @@ class QueueMirror:
                     continue
                 self._seen[record.id] = _Seen(record.revision, record.status, record.progress)
                 placed.append((record.id, record.order_key if record.status is JobStatus.QUEUED else None))
-                state = self._states.get(record.id)
-                if state is not None and state.record.revision < record.revision:
+                state = self._live(record.id)
+                if state is not None and state.revision < record.revision:
                     state.record = record
                     touched.append(state)
                 if not emit:
@@ -139,38 +172,52 @@ class QueueMirror:
             return events, touched
 
     def apply_bulk(self, change: BulkChange, *, emit: bool) -> tuple[list[JobEvent], list[JobState]]:
-        """``apply`` for one change made alike to many jobs (a bulk cancel): the same bookkeeping,
-        without a record per job. Jobs that leave the queue only (``change.status`` is not queued)."""
+        """``apply`` for one change made alike to many jobs (a bulk cancel or retry): the same
+        bookkeeping, without a record per job."""
         status = change.status
-        assert status is not JobStatus.QUEUED, "a bulk change cannot place jobs in the run order"
+        queued = status is JobStatus.QUEUED
+        assert queued == bool(change.keys) or not change.ids, "jobs are queued with their run-order keys"
         with self._lock:
             before = self._window() if emit else {}
             changed: list[tuple[int, float]] = []
             touched: list[JobState] = []
+            applied: list[int] = []
+            fresh = _Seen(change.revision, status, 0.0)  # shared by the jobs without progress: most
             for job_id in change.ids:
                 seen = self._seen.get(job_id)
                 if seen is not None and seen.revision >= change.revision:
-                    continue
-                progress = seen.progress if seen is not None else 0.0
-                self._seen[job_id] = _Seen(change.revision, status, progress)
+                    continue  # a newer change was seen already
+                applied.append(job_id)
+                progress = 0.0 if queued or seen is None else seen.progress
+                now_seen = fresh if progress == 0.0 else _Seen(change.revision, status, progress)
+                self._seen[job_id] = now_seen
                 if emit and (seen is None or seen.status is not status):
                     changed.append((job_id, progress))
-            ids = set(change.ids)
-            for job_id, state in list(self._states.items()):  # the live handles: often far fewer than the jobs
-                if job_id in ids and state.record.revision < change.revision:
-                    state.record = change.applied_to(state.record)
+            candidates = applied
+            if len(applied) > len(self._states):  # the live handles: often far fewer than the jobs
+                members = set(applied)
+                candidates = [job_id for job_id in list(self._states) if job_id in members]
+            for job_id in candidates:
+                state = self._live(job_id)
+                if state is not None and state.revision < change.revision:
+                    state.take(change)
                     touched.append(state)
-            self._index.update((job_id, None) for job_id in change.ids)
+            keys = change.key_of if queued else {}
+            self._index.update((job_id, keys.get(job_id)) for job_id in applied)
             if self.revision + 1 == change.revision:
                 self.revision = change.revision
             error = change.values.get("error")
+            position_of = self._index.positions(i for i, _ in changed) if queued else {}
             events = [
-                JobEvent(kind=EventKind.STATUS, job_id=i, status=status, position=None, progress=p, error=error)
+                JobEvent(
+                    kind=EventKind.STATUS, job_id=i, status=status, position=position_of.get(i), progress=p, error=error
+                )
                 for i, p in changed
             ]
             if emit:
+                reported = {i for i, _ in changed} if queued else set()
                 for job_id, position in self._window().items():
-                    if before.get(job_id, position) != position:
+                    if before.get(job_id, position) != position and job_id not in reported:
                         events.append(self._position_event(job_id, position))
             return events, touched
 

@@ -186,9 +186,10 @@ class Store(ABC):
         transaction; return the change, by id."""
 
     @abstractmethod
-    def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
+    def requeue_failed(self, *, group: str | None, now: float) -> BulkChange:
         """Put every job in ``error`` (of ``group``) back at the end of its priority's queue, in
-        their old order, in one transaction; return them in that order."""
+        their old order, in one transaction; return the change: its ``ids`` in that order (of their new
+        ``seq``), each with its run-order key (no records: they would cost more than the write)."""
 
     @abstractmethod
     def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:

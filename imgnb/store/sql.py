@@ -40,8 +40,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ..core.affinity import Waiting, pick
 from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
 from ..core.merge import merge_patch
-from ..core.ordering import RUN_ORDER, OrderKey, order_key
-from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
+from ..core.ordering import RUN_ORDER, OrderKey, order_key, order_keys
+from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob, requeued
 from ..core.retry import has_runs_left
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..core.validation import MAX_MODEL_LENGTH, json_data, validate_group, validate_job_id
@@ -391,24 +391,34 @@ def _decode(job_id: int, m: Mapping[Any, Any]) -> tuple[JobRecord, str | None]:
 
 
 def _requeued(now: float) -> dict[str, Any]:
-    """What putting a finished job back in the queue by hand resets: the one declaration of a fresh
-    start (its new ``seq`` is set beside it)."""
-    return {
-        "status": _QUEUED,
-        "attempts": 0,
-        "error": None,
-        "progress": 0.0,
-        "images": "[]",
-        "started_at": None,
-        "finished_at": None,
-        "run_at": now,
-        "owner": None,
-        "device": None,
-        "batch": None,
-        "cancel_requested": False,
-        "passed_over": 0,
-        "updated_at": now,
-    }
+    """``core.records.requeued`` as stored, with the claims passed over reset too."""
+    values = {**requeued(now), "status": _QUEUED, "images": "[]", "passed_over": 0}
+    return {name: values[name] for name in _REQUEUED_COLUMNS}
+
+
+_REQUEUED_COLUMNS = (*requeued(0.0), "passed_over")
+
+
+def _requeue_failed(*, grouped: bool) -> sa.Update:
+    """Every job in error (of the group ``b_group``) back in the queue, numbered ``b_before + 1``,
+    ``b_before + 2``, ... in their old order; returns each one's id, new ``seq`` and priority."""
+    failed = [job.c.status == JobStatus.ERROR.value]
+    if grouped:
+        failed.append(job.c.group_name == B("b_group"))
+    ranked = (
+        sa.select(job.c.id, (sa.func.row_number().over(order_by=(job.c.seq, job.c.id)) + B("b_before")).label("s"))
+        .where(*failed)
+        .subquery()
+    )
+    return (
+        sa.update(job)
+        .where(job.c.id == ranked.c.id)
+        .values(seq=ranked.c.s, revision=B("b_rev"), **{name: B(f"b_{name}") for name in _REQUEUED_COLUMNS})
+        .returning(job.c.id, job.c.seq, job.c.priority)
+    )
+
+
+_REQUEUE_FAILED = {grouped: _requeue_failed(grouped=grouped) for grouped in (False, True)}
 
 
 class SQLStore(Store):
@@ -1177,34 +1187,23 @@ class SQLStore(Store):
             ids = conn.execute(sa.update(job).where(*where).values(**stored).returning(job.c.id)).scalars().all()
         return BulkChange(ids=tuple(sorted(ids)), revision=rev, values=values)
 
-    def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
+    def requeue_failed(self, *, group: str | None, now: float) -> BulkChange:
         failed = [job.c.status == JobStatus.ERROR.value]
         if group is not None:
             failed.append(job.c.group_name == validate_group(group))
         with self._write() as (conn, rev):
             self._lock_jobs(conn, sa.and_(*failed))
             n = conn.execute(sa.select(sa.func.count()).select_from(job).where(*failed)).scalar_one()
-            if not n:
-                return []
-            first = self._take_seq(conn, n)  # fresh numbers, handed out in the jobs' old order
-            ranked = (
-                sa.select(
-                    job.c.id, (sa.func.row_number().over(order_by=(job.c.seq, job.c.id)) + (first - 1)).label("s")
-                )
-                .where(*failed)
-                .subquery()
+            first = self._take_seq(conn, n) if n else 0  # fresh numbers, handed out in the jobs' old order
+            grouped = {} if group is None else {"group": group}
+            rows = self._fast(_REQUEUE_FAILED[group is not None]).tuples(
+                conn, _args(before=first - 1, rev=rev, **grouped, **_requeued(now))
             )
-            rows = conn.execute(
-                sa.update(job)
-                .where(job.c.id == ranked.c.id)
-                .values(
-                    seq=ranked.c.s,
-                    **_requeued(now),
-                    revision=rev,
-                )
-                .returning(*job.c)
-            ).all()
-        return sorted((_record(r) for r in rows), key=lambda r: r.seq)
+        ids, priorities = [0] * len(rows), [0] * len(rows)
+        for job_id, seq, priority in rows:  # placed by seq: first, first + 1, ...
+            ids[seq - first], priorities[seq - first] = job_id, priority
+        keys = order_keys(priority=priorities, seq=range(first, first + len(rows)))
+        return BulkChange(ids=tuple(ids), revision=rev, values=requeued(now), keys=tuple(keys))
 
     def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:
         job_id = validate_job_id(job_id)

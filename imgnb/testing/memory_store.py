@@ -20,33 +20,14 @@ from ..core.affinity import Waiting, pick
 from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
 from ..core.history import pruned_ids
 from ..core.merge import merge_patch
-from ..core.ordering import OrderKey
-from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
+from ..core.ordering import OrderKey, order_keys
+from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob, requeued
 from ..core.retry import has_runs_left
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..errors import JobNotFound
 from ..store import Store
 
 __all__ = ["MemoryStore"]
-
-
-def _requeued(now: float) -> dict[str, Any]:
-    """What putting a finished job back in the queue by hand resets (its new ``seq`` set beside)."""
-    return {
-        "status": JobStatus.QUEUED,
-        "attempts": 0,
-        "error": None,
-        "progress": 0.0,
-        "images": (),
-        "started_at": None,
-        "finished_at": None,
-        "run_at": now,
-        "owner": None,
-        "device": None,
-        "batch": None,
-        "cancel_requested": False,
-        "updated_at": now,
-    }
 
 
 class MemoryStore(Store):
@@ -303,7 +284,7 @@ class MemoryStore(Store):
             return self._put(
                 current,
                 seq=self._take_seq(1),
-                **_requeued(now),
+                **requeued(now),
                 revision=self._bump(),
             )
 
@@ -422,23 +403,21 @@ class MemoryStore(Store):
                 self._jobs[record.id] = change.applied_to(record)
             return change
 
-    def requeue_failed(self, *, group: str | None, now: float) -> list[JobRecord]:
+    def requeue_failed(self, *, group: str | None, now: float) -> BulkChange:
         with self._lock:
             failed = self._where(lambda r: r.status is JobStatus.ERROR and (group is None or r.group == group))
-            if not failed:
-                return []
+            failed.sort(key=lambda r: (r.seq, r.id))
             first, rev = self._take_seq(len(failed)), self._bump()
+            change = BulkChange(
+                ids=tuple(r.id for r in failed),
+                revision=rev,
+                values=requeued(now),
+                keys=tuple(order_keys(priority=[r.priority for r in failed], seq=range(first, first + len(failed)))),
+            )
             for record in failed:
                 self._passed_over.pop(record.id, None)  # as a requeue by hand
-            return [
-                self._put(
-                    r,
-                    seq=first + i,
-                    **_requeued(now),
-                    revision=rev,
-                )
-                for i, r in enumerate(sorted(failed, key=lambda r: (r.seq, r.id)))
-            ]
+                self._jobs[record.id] = change.applied_to(record)
+            return change
 
     def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:
         with self._lock:
