@@ -11,7 +11,7 @@ is a binary search (microseconds at 100,000 jobs) instead of a ``COUNT(*)`` over
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import IntEnum
 
 __all__ = ["RUN_ORDER", "OrderIndex", "OrderKey", "Priority", "order_key", "order_keys", "run_order_fields"]
@@ -125,11 +125,13 @@ class OrderIndex:
     def positions(self, job_ids: Iterable[int]) -> dict[int, int]:
         """The positions of the queued jobs among ``job_ids``: a binary search each for a few, one
         walk of the order for many (the 100,000 jobs a bulk retry puts back)."""
-        wanted = [job_id for job_id in job_ids if job_id in self._key_of]
-        if len(wanted) <= max(64, len(self._keys) // 64):
-            return {job_id: bisect_left(self._keys, (*self._key_of[job_id], job_id)) + 1 for job_id in wanted}
-        asked = set(wanted)
-        return {entry[-1]: i + 1 for i, entry in enumerate(self._keys) if entry[-1] in asked}
+        return _positions(self._keys, self._key_of, job_ids)
+
+    def positions_later(self, job_ids: Iterable[int]) -> Callable[[], dict[int, int]]:
+        """``positions(job_ids)`` in the order as it stands now, worked out when first called: the
+        order is copied (a millisecond or two at 100,000 jobs); the walk waits for a reader."""
+        keys, key_of, asked = self._keys.copy(), self._key_of.copy(), list(job_ids)
+        return lambda: _positions(keys, key_of, asked)
 
     def head(self, n: int) -> list[int]:
         """The ids of the first ``n`` jobs in run order."""
@@ -137,3 +139,12 @@ class OrderIndex:
 
     def __iter__(self) -> Iterator[int]:
         return (entry[-1] for entry in self._keys)
+
+
+def _positions(keys: list[tuple[int, ...]], key_of: dict[int, OrderKey], job_ids: Iterable[int]) -> dict[int, int]:
+    """``OrderIndex.positions`` over its sorted entries and keys."""
+    wanted = [job_id for job_id in job_ids if job_id in key_of]
+    if len(wanted) <= max(64, len(keys) // 64):
+        return {job_id: bisect_left(keys, (*key_of[job_id], job_id)) + 1 for job_id in wanted}
+    asked = set(wanted)
+    return {entry[-1]: i + 1 for i, entry in enumerate(keys) if entry[-1] in asked}

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,8 +34,9 @@ from ..core.validation import invalid, parse_priority, validate_job, validate_pa
 from ..errors import JobInterrupted, MissingExtra, QueueClosed, QueueConfigError
 from ..gen.base import Generator
 from ..store import SQLStore, Store
-from .events import EventBus, Subscriber
+from .events import BatchSubscriber, EventBus, Subscriber
 from .files import delete_images as delete_images_of
+from .gc_hold import no_collections
 from .job import Job, JobState
 from .loop import DaemonExecutor, QueueLoop, keep_running
 from .mirror import QueueMirror
@@ -451,9 +452,13 @@ class ImageQueue:
         """How many jobs are in each status."""
         return {s.value: n for s, n in self.store.counts().items()}
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback(event)`` on the queue's loop for each change; returns ``unsubscribe``."""
-        return self._bus.subscribe(callback)
+    def subscribe(self, callback: Subscriber | BatchSubscriber, *, batches: bool = False) -> Callable[[], None]:
+        """Call ``callback(event)`` on the queue's loop for each change; returns ``unsubscribe``.
+
+        ``batches=True``: call ``callback(events)`` once per batch instead, a sequence of the events
+        that one change made (a bulk cancel of 100,000 jobs: one ``BulkEvents``, whose events are
+        made only when read, then its position events), for a subscriber that redraws once a burst."""
+        return self._bus.subscribe(callback, batches=batches)
 
     def subscriber_count(self) -> int:
         """How many callbacks follow this queue's events (widgets included)."""
@@ -625,7 +630,9 @@ class ImageQueue:
         change = self.store.requeue_failed(group=group, now=time.time())
         self._publish_bulk(change)
         self._wake()
-        return [self._handle_of(state) for state in self._mirror.bulk_states(change, self._read_state)]
+        states = self._mirror.bulk_states(change, self._read_state)
+        with no_collections():  # see gc_hold: 100,000 handles
+            return [self._handle_of(state) for state in states]
 
     # -- live state: positions and steps, read by Job handles and widgets ----------------------------
 
@@ -676,9 +683,9 @@ class ImageQueue:
 
     def _publish_bulk(self, change: BulkChange) -> None:
         """What one bulk write of this process changed: the mirror need not read it back."""
-        events, touched = self._mirror.apply_bulk(change, emit=bool(self._bus))
-        if events or touched:
-            self._loop.call(self._settle, events, touched)
+        batches, touched = self._mirror.apply_bulk(change, emit=bool(self._bus))
+        if batches or touched:
+            self._loop.call(self._settle, batches, touched)
 
     def _publish_written(self, records: list[JobRecord]) -> None:
         """Records that one write of this process returned: the mirror need not read them back."""
@@ -699,12 +706,13 @@ class ImageQueue:
         if not events and not touched:
             return
         if self._loop.loop.is_closed():  # after close(): nothing is left to deliver to
-            self._settle(events, touched)
+            self._settle([events], touched)
         else:
-            self._loop.call(self._settle, events, touched)
+            self._loop.call(self._settle, [events], touched)
 
-    def _settle(self, events: list[JobEvent], touched: list[JobState]) -> None:
-        self._bus.deliver(events)
+    def _settle(self, batches: list[Sequence[JobEvent]], touched: list[JobState]) -> None:
+        for events in batches:
+            self._bus.deliver(events)
         for state in touched:
             state.settle()
 

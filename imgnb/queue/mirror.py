@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
+from ..core.bulk_events import BulkEvents
 from ..core.ordering import OrderIndex, OrderKey
 from ..core.records import BulkChange, EventKind, JobEvent, JobRecord, RemovedJob
 from ..core.states import JobStatus
+from .gc_hold import no_collections
 from .job import JobState
 
 __all__ = ["POSITION_EVENT_WINDOW", "QueueMirror"]
@@ -78,13 +80,16 @@ class QueueMirror:
     def bulk_states(self, change: BulkChange, read: Callable[[JobState], None]) -> list[JobState]:
         """The live states of a bulk change's jobs, in its order: those alive, and new unread ones
         (unread: see ``JobState``) for the others, as the mirror last saw each job."""
-        with self._lock:
-            found = [self._live(job_id) for job_id in change.ids] if self._states else [None] * len(change.ids)
+        with self._lock, no_collections():
+            live = self._states.get
+            seen_of = self._seen.get
             states: list[JobState] = []
             made = []
-            for job_id, state in zip(change.ids, found, strict=True):
+            for job_id in change.ids:
+                ref = live(job_id)
+                state = None if ref is None else ref()
                 if state is None:
-                    seen = self._seen.get(job_id)
+                    seen = seen_of(job_id)
                     status, revision = (
                         (change.status, change.revision) if seen is None else (seen.status, seen.revision)
                     )
@@ -171,54 +176,62 @@ class QueueMirror:
                         events.append(self._position_event(job_id, position))
             return events, touched
 
-    def apply_bulk(self, change: BulkChange, *, emit: bool) -> tuple[list[JobEvent], list[JobState]]:
+    def apply_bulk(self, change: BulkChange, *, emit: bool) -> tuple[list[Sequence[JobEvent]], list[JobState]]:
         """``apply`` for one change made alike to many jobs (a bulk cancel or retry): the same
-        bookkeeping, without a record per job."""
+        bookkeeping, without a record per job. Its status events come as one ``BulkEvents`` (made
+        when read), then the position events, each a batch of the returned list."""
         status = change.status
         queued = status is JobStatus.QUEUED
         assert queued == bool(change.keys) or not change.ids, "jobs are queued with their run-order keys"
-        with self._lock:
+        with self._lock, no_collections():
             before = self._window() if emit else {}
-            changed: list[tuple[int, float]] = []
-            touched: list[JobState] = []
+            revision = change.revision
+            seen_of = self._seen.get
             applied: list[int] = []
-            fresh = _Seen(change.revision, status, 0.0)  # shared by the jobs without progress: most
+            changed: list[int] = []  # the jobs whose status this changes: an event each
+            progress: dict[int, float] = {}  # of the jobs that keep theirs, when it is not 0.0
             for job_id in change.ids:
-                seen = self._seen.get(job_id)
-                if seen is not None and seen.revision >= change.revision:
-                    continue  # a newer change was seen already
-                applied.append(job_id)
-                progress = 0.0 if queued or seen is None else seen.progress
-                now_seen = fresh if progress == 0.0 else _Seen(change.revision, status, progress)
-                self._seen[job_id] = now_seen
-                if emit and (seen is None or seen.status is not status):
-                    changed.append((job_id, progress))
+                seen = seen_of(job_id)
+                if seen is None:
+                    applied.append(job_id)
+                    changed.append(job_id)
+                elif seen.revision < revision:  # else a newer change was seen already
+                    applied.append(job_id)
+                    if seen.status is not status:
+                        changed.append(job_id)
+                    if seen.progress and not queued:
+                        progress[job_id] = seen.progress
+            self._seen.update(dict.fromkeys(applied, _Seen(revision, status, 0.0)))  # most have no progress
+            self._seen.update((job_id, _Seen(revision, status, p)) for job_id, p in progress.items())
             candidates = applied
             if len(applied) > len(self._states):  # the live handles: often far fewer than the jobs
                 members = set(applied)
                 candidates = [job_id for job_id in list(self._states) if job_id in members]
+            touched: list[JobState] = []
             for job_id in candidates:
                 state = self._live(job_id)
-                if state is not None and state.revision < change.revision:
+                if state is not None and state.revision < revision:
                     state.take(change)
                     touched.append(state)
             keys = change.key_of if queued else {}
             self._index.update((job_id, keys.get(job_id)) for job_id in applied)
-            if self.revision + 1 == change.revision:
-                self.revision = change.revision
-            error = change.values.get("error")
-            position_of = self._index.positions(i for i, _ in changed) if queued else {}
-            events = [
-                JobEvent(
-                    kind=EventKind.STATUS, job_id=i, status=status, position=position_of.get(i), progress=p, error=error
-                )
-                for i, p in changed
+            if self.revision + 1 == revision:
+                self.revision = revision
+            if not emit:
+                return [], touched
+            events: list[Sequence[JobEvent]] = []
+            if changed:
+                positions = self._index.positions_later(changed) if queued else None
+                error = change.values.get("error")
+                events.append(BulkEvents(changed, status=status, error=error, progress=progress, positions=positions))
+            reported = set(changed) if queued else set()
+            moved = [
+                self._position_event(job_id, position)
+                for job_id, position in self._window().items()
+                if before.get(job_id, position) != position and job_id not in reported
             ]
-            if emit:
-                reported = {i for i, _ in changed} if queued else set()
-                for job_id, position in self._window().items():
-                    if before.get(job_id, position) != position and job_id not in reported:
-                        events.append(self._position_event(job_id, position))
+            if moved:
+                events.append(moved)
             return events, touched
 
     def forget(self, removed: Iterable[RemovedJob], *, emit: bool) -> list[JobEvent]:

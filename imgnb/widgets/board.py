@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 from traitlets import Int, TraitError, observe, validate
 
+from ..core.bulk_events import BulkEvents
 from ..core.describe import ordinal, short
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
@@ -215,7 +216,9 @@ class QueueBoard(LiveBox):
             layout=w.Layout(border="1px solid #ddd", padding="6px", max_width="900px"),
             **kwargs,
         )
-        self._live = LiveUpdates(queue, wants=self._wants, redraw=self.refresh, interval=self.interval)
+        self._live = LiveUpdates(
+            queue, wants=self._wants, wants_bulk=self._wants_bulk, redraw=self.refresh, interval=self.interval
+        )
         self.refresh()
 
     @property
@@ -246,6 +249,18 @@ class QueueBoard(LiveBox):
         else:
             self._running.discard(job_id)
             self._clocks.pop(job_id, None)
+        return True
+
+    def _wants_bulk(self, events: BulkEvents) -> bool:
+        """``_wants`` of every event of a bulk edit, at once: the counts and recent jobs are read
+        again, and the running set follows the jobs it moved."""
+        self._stale = True
+        if events.status is JobStatus.PROCESSING:
+            self._running.update(events.job_ids)
+        elif self._running:
+            for job_id in self._running & events.id_set():
+                self._running.discard(job_id)
+                self._clocks.pop(job_id, None)
         return True
 
     def _job(self, job_id: int, closed: bool) -> Job | None:

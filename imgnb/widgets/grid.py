@@ -29,6 +29,7 @@ from ipywidgets.widgets.widget_string import HTMLStyle
 from PIL import Image
 from traitlets import Int, TraitError, observe, validate
 
+from ..core.bulk_events import BulkEvents
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from ..core.validation import invalid
@@ -211,7 +212,9 @@ class SweepGrid(LiveBox):
             layout=w.Layout(border="1px solid #ddd", padding="6px"),
             **kwargs,
         )
-        self._live = LiveUpdates(queue, wants=self._wants, redraw=self.refresh, interval=self.interval)
+        self._live = LiveUpdates(
+            queue, wants=self._wants, wants_bulk=self._wants_bulk, redraw=self.refresh, interval=self.interval
+        )
         self._redraw_all()  # catches what changed between the read above and the subscription
 
     # -- what the grid holds ---------------------------------------------------------------------
@@ -259,6 +262,15 @@ class SweepGrid(LiveBox):
             self._unknown.add(job_id)  # a new job, perhaps of this group: read at the next redraw
             return True
         return False
+
+    def _wants_bulk(self, events: BulkEvents) -> bool:
+        """``_wants`` of a bulk edit's status events, at once."""
+        ids = events.id_set()
+        mine = ids & self._jobs.keys()
+        unknown = ids - self._jobs.keys() - self._others
+        self._dirty |= mine
+        self._unknown |= unknown
+        return bool(mine or unknown)
 
     def _learn(self) -> None:
         """Read the group once for the jobs seen in events but not yet known."""

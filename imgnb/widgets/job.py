@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 from traitlets import Int, TraitError, observe, validate
 
+from ..core.bulk_events import BulkEvents
 from ..core.records import EventKind, JobEvent
 from ..core.states import JobStatus
 from .format import JobView, StepClock, block, job_view
@@ -100,7 +101,9 @@ class JobCard(LiveBox):
         ]
         self._containers = [row, text, buttons]
         self._set_thumbnail(view)
-        self._live = LiveUpdates(job.queue, wants=self._wants, redraw=self.refresh, interval=self.interval)
+        self._live = LiveUpdates(
+            job.queue, wants=self._wants, wants_bulk=self._wants_bulk, redraw=self.refresh, interval=self.interval
+        )
         self._after_refresh(job.status)
 
     @property
@@ -114,6 +117,10 @@ class JobCard(LiveBox):
             return True
         # another job moved: ours may have moved up (position events stop after 1,000 places)
         return event.kind is EventKind.STATUS and self._job.status is JobStatus.QUEUED
+
+    def _wants_bulk(self, events: BulkEvents) -> bool:
+        """``_wants`` of a bulk edit's status events, at once."""
+        return self._job.status is JobStatus.QUEUED or events.has(self._job.id)
 
     def _view(self) -> JobView:
         job = self._job

@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 from traitlets import Float, TraitError, observe, validate
 
+from ..core.bulk_events import BulkEvents
 from ..core.records import JobEvent
 from ..errors import ImgnbError
 
@@ -47,7 +48,9 @@ class LiveUpdates:
     """Calls ``redraw()`` on the queue's loop at most once per ``interval`` seconds after ``mark()``.
 
     ``wants(event)`` runs for every event of the queue and must be cheap: it says whether the
-    event may change what the widget shows. The first mark after a quiet spell redraws at once;
+    event may change what the widget shows. ``wants_bulk(events)`` says it at once for the status
+    events of a bulk edit (``BulkEvents``: 100,000 jobs cancelled), which are then not made one by
+    one; without it, ``wants`` looks at each. The first mark after a quiet spell redraws at once;
     marks within ``interval`` of the last redraw wait for its end, so a burst costs one redraw.
     """
 
@@ -58,9 +61,11 @@ class LiveUpdates:
         wants: Callable[[JobEvent], bool],
         redraw: Callable[[], None],
         interval: float,
+        wants_bulk: Callable[[BulkEvents], bool] | None = None,
     ) -> None:
         self._qloop: QueueLoop = queue.loop  # the kernel's loop in Jupyter, the queue's own thread elsewhere
         self._wants = wants
+        self._wants_bulk = wants_bulk
         self._redraw = redraw
         self.interval = interval
         self._due: asyncio.TimerHandle | None = None
@@ -69,16 +74,20 @@ class LiveUpdates:
         self._stopped = False
         self.events = 0  # events this widget wanted (for tests and measurements)
         self.redraws = 0
-        self._unsubscribe = queue.subscribe(self._on_event)
+        self._unsubscribe = queue.subscribe(self._on_events, batches=True)
         self._unhook = self._flush_after_each_cell()
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
         return self._qloop.loop
 
-    def _on_event(self, event: JobEvent) -> None:
-        if self._wants(event):
-            self.events += 1
+    def _on_events(self, events: Sequence[JobEvent]) -> None:
+        if isinstance(events, BulkEvents) and self._wants_bulk is not None:
+            wanted = len(events) if self._wants_bulk(events) else 0
+        else:
+            wanted = sum(1 for event in events if self._wants(event))
+        if wanted:
+            self.events += wanted
             self.mark()
 
     def mark(self) -> None:
