@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from imgnb import (
     QueueConfigError,
     Retention,
 )
+from imgnb.core.bulk_events import BulkEvents
 from imgnb.core.editing import Renumbering, move_before, new_seqs
 from imgnb.core.history import pruned_ids
 from imgnb.core.ordering import OrderIndex
@@ -381,6 +382,34 @@ def test_retry_failed_handles_read_their_record_when_asked(make_queue: MakeQueue
     )
 
 
+def test_a_bulk_edit_is_one_batch_of_events_made_when_read(make_queue: MakeQueue, db_url: str) -> None:
+    """A subscriber of batches gets a bulk edit's status events as one ``BulkEvents``; one that takes
+    events one by one gets every one of them, the same, positions and errors included."""
+    q = make_queue(db_url, generator=FakeGenerator())
+    failed = [j.id for j in q.submit_batch([{"prompt": f"fail {i}"} for i in range(5)], max_retries=0)]
+    wait_until(lambda: q.counts()["error"] == 5)
+    q.pause()
+    first = q.submit("queued first", priority="high")
+    singles: list[JobEvent] = []
+    batches: list[Sequence[JobEvent]] = []
+    q.subscribe(singles.append)
+    q.subscribe(batches.append, batches=True)
+    again = q.retry_failed()
+    wait_until(lambda: len(singles) >= 5)
+    bulk = batches[0]
+    assert isinstance(bulk, BulkEvents) and list(bulk.job_ids) == failed and bulk.status is S.QUEUED
+    assert bulk.has(failed[0]) and not bulk.has(first.id) and len(bulk) == 5
+    expected = [(EventKind.STATUS, i, S.QUEUED, n + 2, None) for n, i in enumerate(failed)]
+    seen = [(e.kind, e.job_id, e.status, e.position, e.error) for e in singles[:5]]
+    assert seen == expected == [(e.kind, e.job_id, e.status, e.position, e.error) for e in bulk]
+    assert [j.position for j in again] == [2, 3, 4, 5, 6] and bulk[1:3] == singles[1:3]
+    del singles[:], batches[:]
+    assert q.cancel_all() == 6
+    wait_until(lambda: len(singles) >= 6)
+    assert [(e.job_id, e.status, e.position) for e in singles] == [(i, S.CANCELLED, None) for i in [*failed, first.id]]
+    assert [type(b) for b in batches] == [BulkEvents] and list(batches[0]) == singles
+
+
 @settings(deadline=None)
 @given(
     keys=st.dictionaries(st.integers(0, 400), st.tuples(st.integers(-2, 0), st.integers(-50, 50)), max_size=400),
@@ -390,3 +419,10 @@ def test_order_index_positions_match_one_by_one(keys: dict[int, tuple[int, int]]
     index = OrderIndex(keys.items())
     expected = {i: p for i in asked if (p := index.position(i)) is not None}
     assert index.positions(asked) == expected
+
+
+def test_order_index_positions_later_are_those_of_when_they_were_asked_for() -> None:
+    index = OrderIndex({1: (-1, 10), 2: (-1, 11), 3: (-1, 12)}.items())
+    later = index.positions_later([3, 2, 9])
+    index.update([(1, None)])
+    assert later() == {2: 2, 3: 3} and index.positions([3, 2]) == {2: 1, 3: 2}

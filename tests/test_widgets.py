@@ -24,6 +24,7 @@ from ipywidgets.widgets.widget import _instances as live_widgets
 from PIL import Image
 
 from imgnb import ImageQueue, JobFailed, JobStatus
+from imgnb.core import bulk_events
 from imgnb.core.describe import ordinal
 from imgnb.core.records import JobRecord
 from imgnb.testing import FakeGenerator
@@ -406,6 +407,31 @@ async def test_closing_a_card_unsubscribes(comms: list[DummyComm], make_queue: M
     seen = counts()
     job.cancel()  # events after close reach nobody and break nothing
     assert job.status is JobStatus.CANCELLED and counts() == seen
+
+
+async def test_widgets_take_a_bulk_edit_at_once(
+    comms: list[DummyComm], make_queue: MakeQueue, db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A board and cards open while 2,000 jobs are cancelled in one go: each looks at the bulk edit
+    once (no event is made for them one by one), redraws once, and shows the outcome."""
+    q = make_queue(db_path, generator=FakeGenerator(), start=False)
+    jobs = q.submit_batch([{"prompt": f"p{i}"} for i in range(2000)])
+    other = make_queue(db_path, start=False)
+    board, card, far = QueueBoard(q), JobCard(jobs[0]), JobCard(other.get(jobs[-1].id))
+    await settled(board, card)
+    made: list[dict[str, Any]] = []
+    real = bulk_events.JobEvent
+    monkeypatch.setattr(bulk_events, "JobEvent", lambda **fields: made.append(fields) or real(**fields))
+    redraws, sent = board.live.redraws, len(updates(board.header_html))
+    assert q.cancel_all() == 2000
+    await settled(board, card)
+    assert made == []  # the widgets never asked for the events one by one
+    assert board.live.events == 2000 and board.live.redraws == redraws + 1
+    assert len(updates(board.header_html)) == sent + 1 and "<b>2,000</b> cancelled" in board.header_html.value
+    assert "cancelled" in card.status_html.value.lower() and board.queued_box.children == ()
+    await until(lambda: far.job.status is JobStatus.CANCELLED)  # seen through the database, as records
+    await settled(far)
+    assert "cancelled" in far.status_html.value.lower()
 
 
 # -- QueueBoard --------------------------------------------------------------------------------------
