@@ -194,7 +194,8 @@ _ADDED = (  # the columns ``add`` writes, each its own parameter: rows go to the
     "attempts", "progress", "images", "created_at", "updated_at", "run_at", "cancel_requested", "batch_key", "model",
     "passed_over", "revision",
 )  # fmt: skip
-_INSERT = sa.insert(job).values({name: B(f"b_{name}") for name in _ADDED})
+_ADDED_BINDS = tuple(f"b_{name}" for name in _ADDED)
+_INSERT = sa.insert(job).values(dict(zip(_ADDED, (B(name) for name in _ADDED_BINDS), strict=True)))
 _COUNT_ADDED = sa.update(job_count).where(job_count.c.status == B("b_status")).values(n=job_count.c.n + B("b_n"))
 _COUNTS: dict[str, sa.Executable] = {
     "sqlite": sa.select(job_count.c.status, job_count.c.n),
@@ -441,6 +442,8 @@ class SQLStore(Store):
         # SQLite: one connection kept open for write transactions (see _connection)
         self._kept: sa.Connection | None = None
         self._kept_lock = threading.Lock()
+        self._kept_stale = False  # the pool was disposed of: the kept connection goes with it
+        sa.event.listen(self.engine, "engine_disposed", self._pool_disposed)
         try:
             self._prepare()
         except BaseException:
@@ -589,7 +592,11 @@ class SQLStore(Store):
                 yield conn
             return
         try:
+            if self._kept is not None and self._kept_stale:
+                self._kept.close()
+                self._kept = None
             if self._kept is None:
+                self._kept_stale = False
                 self._kept = self.engine.connect()
             try:
                 yield self._kept
@@ -599,6 +606,11 @@ class SQLStore(Store):
                 raise
         finally:
             self._kept_lock.release()
+
+    def _pool_disposed(self, _engine: sa.Engine) -> None:
+        """The engine's pool was replaced (``engine.dispose()``): the next write opens a new
+        connection, with the settings connections get now."""
+        self._kept_stale = True
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -733,36 +745,37 @@ class SQLStore(Store):
             return []
         with self._write() as (conn, rev):
             first = self._take_seq(conn, len(specs))
-            # one dict literal per row, JSON of empty dicts not encoded: 100,000 rows are built here
-            rows: list[Row] = [
-                {
-                    "b_seq": first + i,
-                    "b_status": _QUEUED,
-                    "b_priority": spec.priority,
-                    "b_group_name": spec.group,
-                    "b_prompt": spec.prompt,
-                    "b_params": _dumps(spec.params) if spec.params else "{}",
-                    "b_seed": spec.seed,
-                    "b_meta": _dumps(spec.metadata) if spec.metadata else "{}",
-                    "b_timeout": spec.timeout,
-                    "b_max_retries": spec.max_retries,
-                    "b_attempts": 0,
-                    "b_progress": 0.0,
-                    "b_images": "[]",
-                    "b_created_at": now,
-                    "b_updated_at": now,
-                    "b_run_at": now,
-                    "b_cancel_requested": False,
-                    "b_batch_key": key,
-                    "b_model": spec.model,
-                    "b_passed_over": 0,
-                    "b_revision": rev,
-                }
+            # one tuple per row, in _ADDED's order (the driver's, on SQLite), JSON of empty dicts not
+            # encoded: 100,000 rows are built here
+            rows = [
+                (
+                    first + i,
+                    _QUEUED,
+                    spec.priority,
+                    spec.group,
+                    spec.prompt,
+                    _dumps(spec.params) if spec.params else "{}",
+                    spec.seed,
+                    _dumps(spec.metadata) if spec.metadata else "{}",
+                    spec.timeout,
+                    spec.max_retries,
+                    0,
+                    0.0,
+                    "[]",
+                    now,
+                    now,
+                    now,
+                    False,
+                    key,
+                    spec.model,
+                    0,
+                    rev,
+                )
                 for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True))
             ]
             # a plain executemany: RETURNING with ordered rows would insert one row per statement.
             # Only this transaction's rows carry its revision, so their ids are found by it.
-            self._fast(_INSERT).many(conn, rows)
+            self._fast(_INSERT).many(conn, _ADDED_BINDS, rows)
             self._fast(_COUNT_ADDED).rowcount(conn, _args(status=_QUEUED, n=len(rows)))  # inserts are counted here
             ids = self._ids_of(conn, rev, first, len(rows))
         # the records are the specs as stored: their JSON already made its round trip at validation
