@@ -90,12 +90,17 @@ class Prepared:
         finally:
             cursor.close()
 
-    def many(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run the statement once per row (the driver's ``executemany``). Rows hold every parameter,
-        as values the driver takes as they are (no type processing: this is the bulk path)."""
-        params: Sequence[Any] = rows
-        if self._names is not None:
-            pick = itemgetter(*self._names)
+    def many(self, conn: sa.Connection, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Run the statement once per row (the driver's ``executemany``). Each row holds every
+        parameter, in the order of ``names``, as values the driver takes as they are (no type
+        processing: this is the bulk path). In the driver's own order they go to it untouched."""
+        params: Sequence[Any]
+        if self._names is None:
+            params = [dict(zip(names, row, strict=True)) for row in rows]
+        elif tuple(names) == self._names:
+            params = rows
+        else:
+            pick = itemgetter(*(names.index(name) for name in self._names))
             params = [pick(row) for row in rows] if len(self._names) > 1 else [(pick(row),) for row in rows]
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
