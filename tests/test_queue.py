@@ -84,6 +84,40 @@ def test_batch_stays_together_in_order(make_queue: MakeQueue, db_path: str) -> N
     assert gen.calls == [j.id for j in (urgent, first, *batch, last)]
 
 
+def test_batch_handles_read_what_was_stored_without_a_query_and_follow_later_changes(
+    make_queue: MakeQueue, db_url: str
+) -> None:
+    q = make_queue(db_url, start=False)
+    jobs = q.submit_batch(
+        [{"prompt": "a", "seed": 1, "steps": 2}, {"prompt": "b", "metadata": {"k": [2]}, "timeout": 9}],
+        metadata={"k": [1]},
+    )
+    reads: list[int] = []
+    store_get = q.store.get
+    q.store.get = lambda job_id: reads.append(job_id) or store_get(job_id)  # type: ignore[method-assign]
+    assert (jobs[0].prompt, jobs[0].seed, jobs[0].params, jobs[0].metadata, jobs[0].timeout) == (
+        "a",
+        1,
+        {"steps": 2},
+        {"k": [1]},
+        300.0,
+    )
+    assert (jobs[1].metadata, jobs[1].timeout, jobs[1].position) == ({"k": [2]}, 9.0, 2)
+    assert reads == []  # built from what was stored
+    jobs[0].metadata["k"].append("mine")  # a copy: the next read is as stored
+    assert jobs[0].metadata == {"k": [1]}
+    other = SQLStore(db_url)
+    try:
+        other.cancel(jobs[1].id, now=time.time())
+        stored = other.get(jobs[1].id)
+    finally:
+        other.close()
+    wait_until(lambda: jobs[1].status is JobStatus.CANCELLED)
+    finished = jobs[1].finished_at
+    assert stored.finished_at is not None and finished is not None
+    assert finished.timestamp() == pytest.approx(stored.finished_at)  # the newest record, whole
+
+
 def test_batch_is_all_or_nothing(make_queue: MakeQueue, db_url: str) -> None:
     q = make_queue(db_url, generator=FakeGenerator(), start=False)
     kept = q.submit("already stored", metadata={"keep": True})
@@ -98,6 +132,33 @@ def test_batch_is_all_or_nothing(make_queue: MakeQueue, db_url: str) -> None:
         q.submit_batch([{"prompt": "a", "colour": "red"}])
     assert [j.id for j in q.jobs()] == [kept.id]
     assert q.get(kept.id).metadata == {"keep": True} and kept.position == 1
+
+
+def test_no_claim_under_way_at_pause_takes_a_job_submitted_after_it(make_queue: MakeQueue, db_path: str) -> None:
+    """A claim checked before ``pause()`` may wait for the database (a submit's commit) and then
+    find a job submitted after ``pause()`` returned; pause waits for it instead. Here the claim
+    under way waits for pause to return (up to a second): it must end first, so the order is fixed."""
+    order: list[str] = []
+    entered, paused = threading.Event(), threading.Event()
+
+    class SlowClaims(SQLStore):
+        def claim(self, **kwargs: Any) -> list[JobRecord]:
+            if not entered.is_set():
+                entered.set()
+                paused.wait(1.0)  # a claim that waits: for pause() to return, if it may
+            claimed = super().claim(**kwargs)
+            order.append("claimed")
+            return claimed
+
+    q = make_queue(db_path, generator=FakeGenerator(), store=SlowClaims(db_path))
+    assert entered.wait(10)  # the idle worker's first claim, checked before the pause
+    q.pause()
+    order.append("paused")
+    paused.set()
+    job = q.submit("after the pause")
+    assert order[:2] == ["claimed", "paused"]
+    q.close()
+    assert job.status is JobStatus.QUEUED
 
 
 def test_bad_input_names_the_field_and_stores_nothing(make_queue: MakeQueue, db_path: str) -> None:

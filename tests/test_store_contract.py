@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 
@@ -391,7 +390,7 @@ def test_a_pending_job_can_be_moved_and_keeps_its_new_place(store: Store) -> Non
 
 
 def on(model: str | None, priority: int = 1) -> JobSpec:
-    return replace(spec(f"for {model}", priority=priority), model=model)
+    return spec(f"for {model}", priority=priority)._replace(model=model)
 
 
 def take(store: Store, loaded: set[str | None], affinity: int) -> int | None:

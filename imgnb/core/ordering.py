@@ -57,6 +57,9 @@ def run_order_fields(key: OrderKey) -> dict[str, int]:
     return {name: sign * value for (name, sign), value in zip(_SIGNS, key, strict=True)}
 
 
+_FEW = 64  # up to this many jobs, a binary search each beats a walk over the whole order
+
+
 class OrderIndex:
     """The run order of the queued jobs, and each one's 1-based position in it.
 
@@ -98,7 +101,7 @@ class OrderIndex:
         rebuilt once instead, the entries kept merged with the new ones: milliseconds, not minutes."""
         last = dict(changes)  # where each job ends up
         changes = [(job_id, key) for job_id, key in last.items() if self._key_of.get(job_id) != key]
-        if len(changes) <= max(64, len(self._keys) // 64):
+        if len(changes) <= max(_FEW, len(self._keys) // 64):
             for job_id, key in changes:
                 if key is None:
                     self.discard(job_id)
@@ -129,8 +132,13 @@ class OrderIndex:
 
     def positions_later(self, job_ids: Iterable[int]) -> Callable[[], dict[int, int]]:
         """``positions(job_ids)`` in the order as it stands now, worked out when first called: the
-        order is copied (a millisecond or two at 100,000 jobs); the walk waits for a reader."""
-        keys, key_of, asked = self._keys.copy(), self._key_of.copy(), list(job_ids)
+        order is copied (a millisecond or two at 100,000 jobs); the walk waits for a reader. A few
+        jobs' positions (one submit) are looked up at once instead: cheaper than the copy."""
+        asked = list(job_ids)
+        if len(asked) <= _FEW:
+            found = _positions(self._keys, self._key_of, asked)
+            return lambda: found
+        keys, key_of = self._keys.copy(), self._key_of.copy()
         return lambda: _positions(keys, key_of, asked)
 
     def head(self, n: int) -> list[int]:
@@ -144,7 +152,7 @@ class OrderIndex:
 def _positions(keys: list[tuple[int, ...]], key_of: dict[int, OrderKey], job_ids: Iterable[int]) -> dict[int, int]:
     """``OrderIndex.positions`` over its sorted entries and keys."""
     wanted = [job_id for job_id in job_ids if job_id in key_of]
-    if len(wanted) <= max(64, len(keys) // 64):
+    if len(wanted) <= max(_FEW, len(keys) // 64):
         return {job_id: bisect_left(keys, (*key_of[job_id], job_id)) + 1 for job_id in wanted}
     asked = set(wanted)
     return {entry[-1]: i + 1 for i, entry in enumerate(keys) if entry[-1] in asked}

@@ -55,7 +55,9 @@ def _param_column(name: str) -> str:
 
 def job_row(record: JobRecord) -> dict[str, Any]:
     """One job as a flat row. ``waited_s``: from submit to the start of its last run; ``run_s``: that
-    run's length, once it ended (None when it never started or has not ended)."""
+    run's length, once it ended (None when it never started or has not ended). Times are taken by
+    the submitting and the running process, whose clocks (or moments: a claim's time is read just
+    before it may wait for the submit's commit) can disagree by a little: a wait is never below 0."""
     started, finished = record.started_at, record.finished_at
     row: dict[str, Any] = {
         "id": record.id,
@@ -70,7 +72,7 @@ def job_row(record: JobRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "started_at": started,
         "finished_at": finished,
-        "waited_s": None if started is None else started - record.created_at,
+        "waited_s": None if started is None else max(0.0, started - record.created_at),
         "run_s": None if started is None or finished is None else finished - started,
         "images": list(record.images),
     }

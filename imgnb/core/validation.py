@@ -18,7 +18,7 @@ import operator
 import random
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, SupportsIndex
+from typing import Any, NamedTuple, SupportsIndex
 
 from ..errors import InvalidJob, JobNotFound
 from .ordering import Priority
@@ -31,9 +31,11 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_MODEL_LENGTH",
     "MAX_SEED",
+    "JobSettings",
     "ParamsValidator",
     "draw_seed",
     "invalid",
+    "job_spec",
     "json_data",
     "parse_priority",
     "shorten",
@@ -42,6 +44,7 @@ __all__ = [
     "validate_job_id",
     "validate_model",
     "validate_patch",
+    "validate_settings",
 ]
 
 MAX_INT64 = 2**63 - 1  # the databases' BIGINT: seeds and job ids
@@ -237,6 +240,81 @@ def _validate_timeout(timeout: object, *, item: int | None) -> float | None:
     return seconds
 
 
+class JobSettings(NamedTuple):
+    """What a job is stored with besides its prompt, seed and parameters, as validated. A batch's
+    jobs share one (validated once: 100,000 items of a ``submit_batch`` repeat the same values)."""
+
+    priority: int
+    group: str | None
+    timeout: float | None
+    max_retries: int
+    metadata: dict[str, Any]
+
+
+def validate_settings(
+    *,
+    priority: object = "normal",
+    group: object = None,
+    timeout: object = 300.0,
+    max_retries: object = 3,
+    metadata: object = None,
+    item: int | None = None,
+) -> JobSettings:
+    level = parse_priority(priority, item=item)
+    checked_group = validate_group(group, item=item)
+    seconds = _validate_timeout(timeout, item=item)
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100:
+        raise invalid("max_retries", max_retries, "an integer from 0 to 100", item=item)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise invalid("metadata", metadata, "None or a dict", item=item)
+    stored_metadata: dict[str, Any] = json_data("metadata", metadata, item=item)
+    return JobSettings(int(level), checked_group, seconds, max_retries, stored_metadata)
+
+
+def job_spec(
+    prompt: object,
+    *,
+    settings: JobSettings,
+    seed: object = None,
+    params: Mapping[str, Any],
+    check_params: ParamsValidator | None = None,
+    model: str | None = None,
+    item: int | None = None,
+) -> JobSpec:
+    """One submission with validated ``settings`` as a ``JobSpec``, or ``InvalidJob``. ``model``
+    was checked by ``validate_model`` first, and ``check_params`` is that model's."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise invalid("prompt", prompt, "a non-empty string", item=item)
+    _check_text("prompt", prompt, item=item)
+    if seed is None:
+        seed = draw_seed()
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise invalid("seed", seed, f"None (drawn for you) or an integer from 0 to {MAX_SEED}", item=item)
+    checked: dict[str, Any] = json_data("params", params if type(params) is dict else dict(params), item=item)
+    if check_params is not None:
+        try:
+            returned = check_params(checked)
+        except InvalidJob as exc:
+            if item is None:
+                raise
+            raise InvalidJob(f"batch item {item}: {exc}") from None
+        checked = json_data("params", returned, item=item)
+    priority, group, timeout, max_retries, metadata = settings
+    return JobSpec(
+        prompt=prompt,
+        params=checked,
+        seed=seed,
+        priority=priority,
+        group=group,
+        timeout=timeout,
+        max_retries=max_retries,
+        metadata=metadata,
+        model=model,
+    )
+
+
 def validate_job(
     prompt: object,
     *,
@@ -251,42 +329,11 @@ def validate_job(
     model: str | None = None,
     item: int | None = None,
 ) -> JobSpec:
-    """Turn one submission into a ``JobSpec`` or raise ``InvalidJob``. ``model`` was checked by
-    ``validate_model`` first, and ``check_params`` is that model's."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise invalid("prompt", prompt, "a non-empty string", item=item)
-    _check_text("prompt", prompt, item=item)
-    level = parse_priority(priority, item=item)
-    checked_group = validate_group(group, item=item)
-    seconds = _validate_timeout(timeout, item=item)
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100:
-        raise invalid("max_retries", max_retries, "an integer from 0 to 100", item=item)
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise invalid("metadata", metadata, "None or a dict", item=item)
-    stored_metadata: dict[str, Any] = json_data("metadata", metadata, item=item)
-    if seed is None:
-        seed = draw_seed()
-    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise invalid("seed", seed, f"None (drawn for you) or an integer from 0 to {MAX_SEED}", item=item)
-    checked: dict[str, Any] = json_data("params", dict(params), item=item)
-    if check_params is not None:
-        try:
-            returned = check_params(checked)
-        except InvalidJob as exc:
-            if item is None:
-                raise
-            raise InvalidJob(f"batch item {item}: {exc}") from None
-        checked = json_data("params", returned, item=item)
-    return JobSpec(
-        prompt=prompt,
-        params=checked,
-        seed=seed,
-        priority=int(level),
-        group=checked_group,
-        timeout=seconds,
-        max_retries=max_retries,
-        metadata=stored_metadata,
-        model=model,
+    """Turn one submission into a ``JobSpec`` or raise ``InvalidJob``: ``validate_settings`` then
+    ``job_spec``."""
+    settings = validate_settings(
+        priority=priority, group=group, timeout=timeout, max_retries=max_retries, metadata=metadata, item=item
+    )
+    return job_spec(
+        prompt, settings=settings, seed=seed, params=params, check_params=check_params, model=model, item=item
     )

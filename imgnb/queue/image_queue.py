@@ -13,6 +13,7 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -27,11 +28,29 @@ from ..core.editing import EDITABLE_STATUSES, Place
 from ..core.history import Retention, prunable_statuses, prune_rule
 from ..core.leases import LeasePolicy
 from ..core.owners import dead_on_host
-from ..core.records import BulkChange, DeviceState, EventKind, JobEvent, JobRecord, JobSpec, ModelLoad, RemovedJob
+from ..core.records import (
+    AddedJobs,
+    BulkChange,
+    DeviceState,
+    EventKind,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    ModelLoad,
+    RemovedJob,
+)
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
 from ..core.table import TIME_COLUMNS, columns, job_row
-from ..core.validation import invalid, parse_priority, validate_job, validate_patch
+from ..core.validation import (
+    ParamsValidator,
+    invalid,
+    job_spec,
+    parse_priority,
+    validate_job,
+    validate_patch,
+    validate_settings,
+)
 from ..errors import JobInterrupted, MissingExtra, QueueClosed, QueueConfigError
 from ..gen.base import Generator
 from ..store import SQLStore, Store
@@ -69,7 +88,9 @@ def _close_open_queues() -> None:
 
 
 T = TypeVar("T")
-_BATCH_LEVEL = ("priority", "group")  # one value for a whole batch, so its jobs stay together
+_BATCH_LEVEL = frozenset({"priority", "group"})  # one value for a whole batch, so its jobs stay together
+_ITEM_SETTINGS = frozenset({"timeout", "max_retries", "metadata"})  # batch defaults an item may override
+_NO_PROMPT = object()  # an item without a prompt
 _CATCH_UP_RETRY = 0.005  # seconds before an announced write a read did not reach is looked for again
 _CATCH_UP_BURST, _CATCH_UP_GAP = 4, 0.02  # reads for announced writes: 4 at once, at most 50 a second
 
@@ -167,6 +188,7 @@ class ImageQueue:
         self._closed = False
         self._started = False
         self._paused = False
+        self._claim_gate = threading.Lock()
         self._wakeup: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None  # another process's write was announced
         self._heard = 0  # the highest revision announced by another process (written by the listener)
@@ -187,6 +209,7 @@ class ImageQueue:
             report_step=self._on_step,
             call_on_loop=self._loop.call,
             may_claim=lambda: self._started and not self._paused and not self._closed,
+            claim_gate=self._claim_gate,
             wait_for_work=self._idle,
             report_loading=self._on_loading,
         )
@@ -239,8 +262,10 @@ class ImageQueue:
         self._wake()
 
     def pause(self) -> None:
-        """Start no new job; a running one finishes."""
-        self._paused = True
+        """Start no new job; a running one finishes. A claim already under way when this is called
+        ends first, so that none takes a job submitted after this returns."""
+        with self._claim_gate:
+            self._paused = True
 
     def resume(self) -> None:
         """Undo ``pause()``; a queue made with ``start=False`` also needs ``start()``."""
@@ -385,42 +410,54 @@ class ImageQueue:
         specs: list[JobSpec] = []
         if not isinstance(items, Iterable) or isinstance(items, (str, bytes, Mapping)):
             raise invalid("items", items, "a list of dicts, each with at least 'prompt'")
+        # what the items share is validated once; an item that overrides some of it, on its own
+        shared = validate_settings(
+            priority=priority, group=group, timeout=timeout, max_retries=max_retries, metadata=metadata
+        )
+        models: dict[object, tuple[str | None, ParamsValidator | None]] = {}  # name given -> name, checks
         for i, item in enumerate(items):
             if not isinstance(item, Mapping):
                 raise invalid("item", item, "a dict with at least 'prompt'", item=i)
             fields = dict(item)
-            for name in _BATCH_LEVEL:
-                if name in fields:
-                    raise invalid(name, fields[name], f"set {name}= once for the whole batch", item=i)
-            if "prompt" not in fields:
+            if not _BATCH_LEVEL.isdisjoint(fields):
+                name = min(_BATCH_LEVEL & fields.keys())
+                raise invalid(name, fields[name], f"set {name}= once for the whole batch", item=i)
+            prompt = fields.pop("prompt", _NO_PROMPT)
+            if prompt is _NO_PROMPT:
                 raise invalid("prompt", None, "every item needs a 'prompt'", item=i)
-            named = self._catalog.resolve(fields.pop("model", model), item=i)
-            specs.append(
-                validate_job(
-                    fields.pop("prompt"),
+            settings = shared
+            if not _ITEM_SETTINGS.isdisjoint(fields):
+                settings = validate_settings(
                     priority=priority,
                     group=group,
                     timeout=fields.pop("timeout", timeout),
                     max_retries=fields.pop("max_retries", max_retries),
                     metadata=fields.pop("metadata", metadata),
-                    seed=fields.pop("seed", None),
-                    params=fields,
-                    check_params=self._catalog.check_params(named),
-                    model=named,
                     item=i,
                 )
+            given = fields.pop("model", model)
+            found = models.get(given) if isinstance(given, str | None) else None
+            if found is None:
+                named = self._catalog.resolve(given, item=i)
+                found = models[given] = (named, self._catalog.check_params(named))
+            named, check = found
+            seed = fields.pop("seed", None)
+            specs.append(
+                job_spec(prompt, settings=settings, seed=seed, params=fields, check_params=check, model=named, item=i)
             )
         return self._add(specs)
 
     def _add(self, specs: list[JobSpec]) -> list[Job]:
         self._check_open()
         keys = [self._key_of(spec) for spec in specs]
-        with self._submitting:
-            records = self.store.add(specs, batch_keys=keys, now=time.time())
-            self._mirror.advance_past_own_write(records)
-        self._publish_records(records)
+        with self._submitting, no_collections():  # see gc_hold: 100,000 jobs of a submit_batch
+            added = self.store.add(specs, batch_keys=keys, now=time.time())
+            change = added.change()
+            self._publish_bulk(change)  # inside: the watcher must not read back what this knows
         self._wake()
-        return [self._handle(r) for r in records]
+        states = self._mirror.bulk_states(change, functools.partial(self._read_added, added))
+        with no_collections():
+            return [self._handle_of(state) for state in states]
 
     def _key_of(self, spec: JobSpec) -> str | None:
         return self._catalog.batch_key(spec) if self._batching else None
@@ -687,6 +724,14 @@ class ImageQueue:
         record = self.store.get(state.job_id)
         self._publish_records([record])
         self._mirror.state(record)  # stores it in the state (the same revision, or a newer one)
+
+    def _read_added(self, added: AddedJobs, state: JobState) -> None:
+        """``_read_state`` of a state a submit made: a job still as it was added is built from what
+        was stored, without reading it back."""
+        if state.revision == added.revision:
+            self._mirror.state(added.record_of(state.job_id))
+        else:
+            self._read_state(state)
 
     def _publish_bulk(self, change: BulkChange) -> None:
         """What one bulk write of this process changed: the mirror need not read it back."""

@@ -78,6 +78,7 @@ class WorkerContext:
     report_step: Callable[[list[int], int, int, dict[int, Image]], None]  # a step (and previews), on the loop
     call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
     may_claim: Callable[[], bool]  # started and not paused (read in the database thread)
+    claim_gate: threading.Lock  # held from that check to the claim's end: pause() waits for it
     wait_for_work: Callable[[], Awaitable[None]]  # until woken or the next poll; raises QueueClosed
     report_loading: Callable[[list[int], ModelLoad | None], None]  # a load for these jobs began or ended, on the loop
 
@@ -223,18 +224,19 @@ class DeviceWorker:
         """In the database thread. Pausing is checked here, at the last moment, so that no job is
         claimed once ``pause()`` has returned."""
         ctx = self.ctx
-        if not ctx.may_claim():
-            return []
-        return ctx.store.claim(
-            owner=ctx.owner,
-            device=self.lock_name,
-            now=time.time(),
-            lease=ctx.lease.lease,
-            batch_size=self.batch_size,
-            loaded=self.models.loaded(),
-            affinity=self.affinity,
-            serves=self.models.serves,
-        )
+        with ctx.claim_gate:  # a claim checked before pause() may wait for a submit's commit
+            if not ctx.may_claim():
+                return []
+            return ctx.store.claim(
+                owner=ctx.owner,
+                device=self.lock_name,
+                now=time.time(),
+                lease=ctx.lease.lease,
+                batch_size=self.batch_size,
+                loaded=self.models.loaded(),
+                affinity=self.affinity,
+                serves=self.models.serves,
+            )
 
     def _promote(self) -> list[JobRecord]:
         """In the database thread: the retries that are due go back to the queue (at most once a

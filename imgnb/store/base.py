@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core.editing import Place
 from ..core.ordering import OrderKey
-from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob
+from ..core.records import AddedJobs, BulkChange, JobRecord, JobSpec, RemovedJob
 from ..core.states import JobStatus
 
 __all__ = ["Store"]
@@ -25,8 +25,9 @@ class Store(ABC):
     when they may wait (the queue runs them in its database thread)."""
 
     @abstractmethod
-    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> list[JobRecord]:
-        """Store jobs as ``queued`` in one transaction, in order, with consecutive ``seq``: all or none."""
+    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> AddedJobs:
+        """Store jobs as ``queued`` in one transaction, in order, with consecutive ``seq``: all or none.
+        No specs: nothing is written (an empty ``AddedJobs`` of revision 0)."""
 
     @abstractmethod
     def get(self, job_id: int) -> JobRecord:

@@ -25,6 +25,7 @@ empty and fails its own job when claimed; it never stops the claim or the watche
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sqlite3
 import threading
@@ -42,7 +43,7 @@ from ..core.affinity import Waiting, pick
 from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
 from ..core.merge import merge_patch
 from ..core.ordering import RUN_ORDER, OrderKey, order_key, order_keys
-from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob, requeued
+from ..core.records import AddedJobs, BulkChange, JobRecord, JobSpec, RemovedJob, requeued
 from ..core.retry import has_runs_left
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..core.validation import MAX_MODEL_LENGTH, json_data, validate_group, validate_job_id
@@ -196,6 +197,11 @@ _ADDED = (  # the columns ``add`` writes, each its own parameter: rows go to the
 )  # fmt: skip
 _ADDED_BINDS = tuple(f"b_{name}" for name in _ADDED)
 _INSERT = sa.insert(job).values(dict(zip(_ADDED, (B(name) for name in _ADDED_BINDS), strict=True)))
+_INSERT_CHUNK = 32  # rows per statement of a big add: binding 32 rows at once is a fifth faster than one by one
+_CHUNK_BINDS = tuple(f"{bind}_{i}" for i in range(_INSERT_CHUNK) for bind in _ADDED_BINDS)  # row by row
+_INSERT_ROWS = sa.insert(job).values(
+    [{name: B(f"{bind}_{i}") for name, bind in zip(_ADDED, _ADDED_BINDS, strict=True)} for i in range(_INSERT_CHUNK)]
+)
 _COUNT_ADDED = sa.update(job_count).where(job_count.c.status == B("b_status")).values(n=job_count.c.n + B("b_n"))
 _COUNTS: dict[str, sa.Executable] = {
     "sqlite": sa.select(job_count.c.status, job_count.c.n),
@@ -767,9 +773,9 @@ class SQLStore(Store):
 
     # -- Store ----------------------------------------------------------------------------------
 
-    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> list[JobRecord]:
+    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> AddedJobs:
         if not specs:
-            return []
+            return AddedJobs(specs, [], first_seq=0, revision=0, now=now)
         with self._write() as (conn, rev):
             first = self._take_seq(conn, len(specs))
             # one tuple per row, in _ADDED's order (the driver's, on SQLite), JSON of empty dicts not
@@ -802,31 +808,16 @@ class SQLStore(Store):
             ]
             # a plain executemany: RETURNING with ordered rows would insert one row per statement.
             # Only this transaction's rows carry its revision, so their ids are found by it.
-            self._fast(_INSERT).many(conn, _ADDED_BINDS, rows)
+            whole = len(rows) - len(rows) % _INSERT_CHUNK
+            if whole:
+                flat = list(itertools.chain.from_iterable(rows[:whole]))
+                width = len(_CHUNK_BINDS)
+                chunks = [flat[i : i + width] for i in range(0, len(flat), width)]
+                self._fast(_INSERT_ROWS).many(conn, _CHUNK_BINDS, chunks)
+            self._fast(_INSERT).many(conn, _ADDED_BINDS, rows[whole:])
             self._fast(_COUNT_ADDED).rowcount(conn, _args(status=_QUEUED, n=len(rows)))  # inserts are counted here
             ids = self._ids_of(conn, rev, first, len(rows))
-        # the records are the specs as stored: their JSON already made its round trip at validation
-        return [
-            JobRecord(
-                id=ids[i],
-                seq=first + i,
-                status=JobStatus.QUEUED,
-                priority=spec.priority,
-                group=spec.group,
-                prompt=spec.prompt,
-                params=spec.params,
-                seed=spec.seed,
-                metadata=spec.metadata,
-                timeout=spec.timeout,
-                max_retries=spec.max_retries,
-                model=spec.model,
-                created_at=now,
-                updated_at=now,
-                run_at=now,
-                revision=rev,
-            )
-            for i, spec in enumerate(specs)
-        ]
+        return AddedJobs(specs, ids, first_seq=first, revision=rev, now=now)
 
     def get(self, job_id: int) -> JobRecord:
         job_id = validate_job_id(job_id)

@@ -21,7 +21,7 @@ from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable
 from ..core.history import pruned_ids
 from ..core.merge import merge_patch
 from ..core.ordering import OrderKey, order_keys
-from ..core.records import BulkChange, JobRecord, JobSpec, RemovedJob, requeued
+from ..core.records import AddedJobs, BulkChange, JobRecord, JobSpec, RemovedJob, requeued
 from ..core.retry import has_runs_left
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..errors import JobNotFound
@@ -74,36 +74,20 @@ class MemoryStore(Store):
 
     # -- Store ----------------------------------------------------------------------------------
 
-    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> list[JobRecord]:
+    def add(self, specs: Sequence[JobSpec], *, batch_keys: Sequence[str | None], now: float) -> AddedJobs:
         if not specs:
-            return []
+            return AddedJobs(specs, [], first_seq=0, revision=0, now=now)
         with self._lock:
             rev = self._bump()
             first = self._take_seq(len(specs))
-            added = []
-            for i, (spec, key) in enumerate(zip(specs, batch_keys, strict=True)):
-                record = JobRecord(
-                    id=self._next_id,
-                    seq=first + i,
-                    status=JobStatus.QUEUED,
-                    priority=spec.priority,
-                    group=spec.group,
-                    prompt=spec.prompt,
-                    params=copy.deepcopy(spec.params),
-                    seed=spec.seed,
-                    metadata=copy.deepcopy(spec.metadata),
-                    timeout=spec.timeout,
-                    max_retries=spec.max_retries,
-                    model=spec.model,
-                    created_at=now,
-                    updated_at=now,
-                    run_at=now,
-                    revision=rev,
+            ids = range(self._next_id, self._next_id + len(specs))
+            self._next_id += len(specs)
+            added = AddedJobs(specs, ids, first_seq=first, revision=rev, now=now)
+            for record, key in zip(added, batch_keys, strict=True):  # stored apart from the caller's specs
+                self._jobs[record.id] = replace(
+                    record, params=copy.deepcopy(record.params), metadata=copy.deepcopy(record.metadata)
                 )
-                self._jobs[record.id] = record
                 self._batch_keys[record.id] = key
-                self._next_id += 1
-                added.append(record)
             return added
 
     def get(self, job_id: int) -> JobRecord:
