@@ -11,6 +11,7 @@ the ``imgnb`` chunk only. Validation has already refused what UTF-8 cannot hold.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -72,21 +73,34 @@ def _png_info(text: dict[str, str]) -> PngInfo:
 def save_images(folder: Path, request: GenerationRequest, images: Sequence[Image]) -> list[str]:
     """Write the images of one job; returns their absolute paths. Each file is written under a
     temporary name and renamed, so a crash never leaves a half-written PNG under the final name.
-    The folder is made by the first write that finds it missing (not looked for at each job)."""
-    folder = Path(os.path.abspath(folder))
+    The folder is made by the first write that finds it missing (not looked for at each job).
+
+    The PNG is encoded in memory and written with one system call: PIL's own file handling (a
+    look for the file, a buffered file object) took half of a small image's 0.3 ms here."""
+    where = os.path.abspath(folder)
     paths = []
     for k, image in enumerate(images):
-        info = _png_info(png_text(request, image))
-        path = folder / f"job{request.job_id:06d}_{k}.png"
-        tmp = path.with_suffix(".tmp")
+        encoded = io.BytesIO()
+        image.save(encoded, format="PNG", pnginfo=_png_info(png_text(request, image)))
+        path = os.path.join(where, f"job{request.job_id:06d}_{k}.png")
+        tmp = path[: -len(".png")] + ".tmp"
         try:
-            image.save(tmp, format="PNG", pnginfo=info)
+            _write(tmp, encoded.getbuffer())
         except FileNotFoundError:
-            folder.mkdir(parents=True, exist_ok=True)
-            image.save(tmp, format="PNG", pnginfo=info)
+            os.makedirs(where, exist_ok=True)
+            _write(tmp, encoded.getbuffer())
         os.replace(tmp, path)
-        paths.append(str(path))
+        paths.append(path)
     return paths
+
+
+def _write(path: str, data: memoryview) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 def load_images(paths: Sequence[str]) -> list[Image]:
