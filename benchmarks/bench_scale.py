@@ -16,8 +16,10 @@ Everything is measured in one run and printed side by side:
    for a generator that returns a 512x512 or 1024x1024 image after sleeping (the GIL free, as
    while a GPU computes) twice as long as PNG-encoding and writing that image takes, which is
    measured first, in the same run, and printed beside;
-4. overhead per job with a no-op generator (1x1 image), SQLite, through the whole queue;
-5. one ``submit_batch`` of 100,000 jobs into a file that holds 100,000 jobs already (SQLite).
+4. overhead per job with a no-op generator (1x1 image), SQLite, through the whole queue, beside
+   what the store and the file system alone take for it (claim, PNG, finish on one thread);
+5. one ``submit_batch`` of 100,000 jobs into a file that holds 100,000 jobs already (SQLite),
+   beside the driver's bare ``executemany`` of the same rows into the same file.
 
 Time stamps cross processes as ``time.monotonic()``, one clock for the whole machine (Linux).
 PostgreSQL runs as a throwaway server on loopback (``tests/fixtures/postgres.py``); without its
@@ -33,6 +35,8 @@ import argparse
 import itertools
 import os
 import random
+import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -46,9 +50,11 @@ from typing import Any
 from PIL import Image
 
 from imgnb import GenerationRequest, ImageQueue, JobStatus
-from imgnb.core.records import EventKind, JobEvent
+from imgnb.core.records import EventKind, JobEvent, JobSpec
 from imgnb.queue.files import save_images
+from imgnb.store import SQLStore
 
+_SPEC = JobSpec(prompt="p", params={}, seed=1, priority=1, group=None, timeout=None, max_retries=0, metadata={})
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKER = HERE / "scale_worker.py"
@@ -297,13 +303,56 @@ def noop_overhead(folder: Path, jobs: int) -> float:
     return took / jobs
 
 
-def batch_seconds(folder: Path, n: int) -> float:
-    with ImageQueue(folder / "batch.db", start=False) as q:
+def store_work(folder: Path, jobs: int) -> float:
+    """What one no-op job costs the store and the file system when nothing else runs: claim,
+    PNG write and finish called one after the other on one thread (the queue's floor per job)."""
+    image = Image.new("RGB", (1, 1))
+    store = SQLStore(str(folder / "store-work.db"))
+    try:
+        store.add([_SPEC] * jobs, batch_keys=[None] * jobs, now=time.time())
+        began = time.perf_counter()
+        for _ in range(jobs):
+            (claimed,) = store.claim(owner="w", device="d", now=time.time(), lease=30)
+            paths = save_images(folder / "store-work", claimed.request(), [image])
+            store.finish(claimed.id, owner="w", status=JobStatus.COMPLETE, now=time.time(), images=paths)
+        return (time.perf_counter() - began) / jobs
+    finally:
+        store.close()
+
+
+def batch_seconds(folder: Path, n: int) -> tuple[float, float]:
+    """``submit_batch`` of ``n`` jobs into a file of ``n``, and the same rows inserted by the
+    driver alone (``sqlite3`` ``executemany`` of the columns ``add`` writes) into a copy of that
+    file as it was: the floor under the queue's validation, bookkeeping and handles."""
+    path = folder / "batch.db"
+    with ImageQueue(path, start=False) as q:
         q.submit_batch([{"prompt": f"already there {i}", "seed": i} for i in range(n)])
+    shutil.copy(path, folder / "bare.db")
+    with ImageQueue(path, start=False) as q:
         items = [{"prompt": f"job {i}", "seed": i} for i in range(n)]
         began = time.perf_counter()
         q.submit_batch(items)
-        return time.perf_counter() - began
+        queue_took = time.perf_counter() - began
+    now = time.time()
+    columns = ("seq", "status", "priority", "prompt", "params", "seed", "meta", "timeout", "max_retries",
+               "attempts", "progress", "images", "created_at", "updated_at", "run_at", "cancel_requested",
+               "passed_over", "revision")  # fmt: skip
+    rows = [
+        (10 * n + i, "queued", 1, f"job {i}", "{}", i, "{}", 300.0, 3, 0, 0.0, "[]", now, now, now, 0, 0, 10 * n)
+        for i in range(n)
+    ]
+    insert = f"INSERT INTO imgnb_job ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    conn = sqlite3.connect(folder / "bare.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = NORMAL")
+        began = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(insert, rows)
+        conn.execute("COMMIT")
+        bare_took = time.perf_counter() - began
+    finally:
+        conn.close()
+    return queue_took, bare_took
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -336,7 +385,8 @@ def main() -> None:
     gen_time = {size: 2 * pct(encode[size], 50) for size in (512, 1024)}
     gaps = {size: idle_gaps(tmp, size, sizes.gap_jobs, gen_time[size]) for size in (512, 1024)}
     overhead = noop_overhead(tmp, sizes.noop_jobs)
-    batch = batch_seconds(tmp, sizes.batch)
+    floor = store_work(tmp, sizes.noop_jobs)
+    batch, bare = batch_seconds(tmp, sizes.batch)
 
     print(f"imgnb scale benchmark{' (--quick)' if args.quick else ''}, {os.cpu_count()} CPUs\n")
     for line in skipped:
@@ -362,7 +412,9 @@ def main() -> None:
             f" | generator call {gen_time[size] * 1000:.0f}"
         )
     print(f"\noverhead per job, no-op generator, SQLite ({sizes.noop_jobs} jobs): {overhead * 1000:.3f} ms")
+    print(f"  claim + PNG + finish by hand, one thread, alone: {floor * 1000:.3f} ms (queue x{overhead / floor:.2f})")
     print(f"submit_batch of {sizes.batch:,} jobs into a file of {sizes.batch:,}: {batch:.2f} s")
+    print(f"  the driver's bare executemany of the same rows, same file: {bare:.2f} s (queue x{batch / bare:.2f})")
 
 
 if __name__ == "__main__":
