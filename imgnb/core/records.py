@@ -12,7 +12,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, NamedTuple, overload
 
-from .ordering import RUN_ORDER, OrderKey, order_key, order_keys, run_order_fields
+from .ordering import OrderKey, order_key_of, order_keys, run_order_fields
 from .states import JobStatus
 
 __all__ = [
@@ -80,7 +80,7 @@ class JobRecord:
 
     @property
     def order_key(self) -> OrderKey:
-        return order_key(**{name: getattr(self, name) for name, _ in RUN_ORDER})
+        return order_key_of(self)
 
     def request(self) -> GenerationRequest:
         return GenerationRequest(job_id=self.id, prompt=self.prompt, params=self.params, seed=self.seed)

@@ -211,6 +211,11 @@ _COUNTS: dict[str, sa.Executable] = {
     ),
 }
 _IDS_OF_REVISION = sa.select(job.c.id, job.c.seq).where(job.c.revision == B("b_rev"))
+_OF_REVISION = sa.select(job).where(job.c.revision == B("b_rev")).order_by(job.c.seq)  # what one write changed
+_RENUMBER_BINDS = ("b_seq", "b_now", "b_rev", "b_id")  # a move's renumbering, a row per job
+_RENUMBER = (
+    sa.update(job).where(job.c.id == B("b_id")).values(seq=B("b_seq"), updated_at=B("b_now"), revision=B("b_rev"))
+)
 _ID_RANGE_OF_REVISION = sa.select(
     sa.func.min(job.c.id).label("low"), sa.func.max(job.c.id).label("high"), sa.func.count().label("n")
 ).where(job.c.revision == B("b_rev"))
@@ -1297,9 +1302,6 @@ class SQLStore(Store):
             lowest = conn.execute(sa.select(sa.func.min(job.c.seq))).scalar_one() if plan.below else 0
             taken = 0 if plan.below else self._take_seq(conn, len(plan.ids))
             seqs = new_seqs(plan, lowest=lowest, taken=taken)
-            conn.execute(
-                sa.update(job).where(job.c.id == B("b_id")).values(seq=B("b_seq"), updated_at=now, revision=rev),
-                [_args(id=i, seq=seq) for i, seq in seqs.items()],
-            )
-            rows = conn.execute(sa.select(job).where(job.c.id.in_(list(seqs)))).all()
-        return sorted((_record(r) for r in rows), key=lambda r: r.seq)
+            self._fast(_RENUMBER).many(conn, _RENUMBER_BINDS, [(seq, now, rev, i) for i, seq in seqs.items()])
+            rows = self._fast(_OF_REVISION).rows(conn, _args(rev=rev))  # the renumbered, in their new order
+        return [_decode(row["id"], row)[0] for row in rows]
