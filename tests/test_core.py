@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from imgnb import IllegalTransition, InvalidJob, JobStatus, Priority, RetryPolicy
 from imgnb.core.leases import LeasePolicy, deadline
-from imgnb.core.ordering import OrderIndex, order_key
+from imgnb.core.ordering import OrderIndex, order_key, order_key_of, order_keys
 from imgnb.core.retry import FailureKind, get_retry_decision
 from imgnb.core.states import check_transition
 from imgnb.core.validation import validate_job
@@ -59,6 +61,24 @@ def test_order_high_before_normal_before_low_then_fifo() -> None:
     assert [index.position(i) for i in (1, 2, 3, 4, 5)] == [5, 3, 1, 4, 2]
     index.discard(3)
     assert index.position(5) == 1 and index.position(3) is None and len(index) == 4
+
+
+def test_the_three_ways_to_make_a_run_order_key_agree() -> None:
+    """``order_key`` (keywords), ``order_key_of`` (a record's attributes) and ``order_keys``
+    (columns) are one rule: the same key for the same fields."""
+    fields = [(Priority.HIGH, 7), (Priority.LOW, 2), (Priority.NORMAL, 10**12)]
+    of_records = [order_key_of(SimpleNamespace(priority=p, seq=s)) for p, s in fields]
+    assert of_records == [order_key(priority=p, seq=s) for p, s in fields]
+    assert of_records == order_keys(priority=[p for p, _ in fields], seq=[s for _, s in fields])
+    assert sorted(of_records) == [of_records[0], of_records[2], of_records[1]]  # high, normal, low
+
+
+def test_positions_later_answers_as_of_the_call_for_few_and_many() -> None:
+    index = OrderIndex((i, order_key(priority=1, seq=i)) for i in range(1, 201))
+    few = index.positions_later([5, 7])
+    many = index.positions_later(range(1, 101))
+    index.discard(1)  # after the calls: not seen by their answers
+    assert few() == {5: 5, 7: 7} and many() == {i: i for i in range(1, 101)}
 
 
 def test_order_index_put_is_idempotent_and_moves() -> None:
