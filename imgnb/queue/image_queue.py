@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..core.batches import batch_specs
 from ..core.editing import EDITABLE_STATUSES, Place
 from ..core.history import Retention, prunable_statuses, prune_rule
 from ..core.leases import LeasePolicy
@@ -43,13 +44,10 @@ from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
 from ..core.table import TIME_COLUMNS, columns, job_row
 from ..core.validation import (
-    ParamsValidator,
     invalid,
-    job_spec,
     parse_priority,
     validate_job,
     validate_patch,
-    validate_settings,
 )
 from ..errors import JobInterrupted, MissingExtra, QueueClosed, QueueConfigError
 from ..gen.base import Generator
@@ -88,9 +86,6 @@ def _close_open_queues() -> None:
 
 
 T = TypeVar("T")
-_BATCH_LEVEL = frozenset({"priority", "group"})  # one value for a whole batch, so its jobs stay together
-_ITEM_SETTINGS = frozenset({"timeout", "max_retries", "metadata"})  # batch defaults an item may override
-_NO_PROMPT = object()  # an item without a prompt
 _CATCH_UP_RETRY = 0.005  # seconds before an announced write a read did not reach is looked for again
 _CATCH_UP_BURST, _CATCH_UP_GAP = 4, 0.02  # reads for announced writes: 4 at once, at most 50 a second
 
@@ -407,44 +402,17 @@ class ImageQueue:
         ``metadata``, ``model`` and generation parameters; ``priority`` and ``group`` are set for
         the batch, ``model`` and the others are defaults an item may override.
         """
-        specs: list[JobSpec] = []
-        if not isinstance(items, Iterable) or isinstance(items, (str, bytes, Mapping)):
-            raise invalid("items", items, "a list of dicts, each with at least 'prompt'")
-        # what the items share is validated once; an item that overrides some of it, on its own
-        shared = validate_settings(
-            priority=priority, group=group, timeout=timeout, max_retries=max_retries, metadata=metadata
+        specs = batch_specs(
+            items,
+            priority=priority,
+            group=group,
+            timeout=timeout,
+            max_retries=max_retries,
+            metadata=metadata,
+            model=model,
+            known=self._catalog.known,
+            check_params=self._catalog.check_params,
         )
-        models: dict[object, tuple[str | None, ParamsValidator | None]] = {}  # name given -> name, checks
-        for i, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                raise invalid("item", item, "a dict with at least 'prompt'", item=i)
-            fields = dict(item)
-            if not _BATCH_LEVEL.isdisjoint(fields):
-                name = min(_BATCH_LEVEL & fields.keys())
-                raise invalid(name, fields[name], f"set {name}= once for the whole batch", item=i)
-            prompt = fields.pop("prompt", _NO_PROMPT)
-            if prompt is _NO_PROMPT:
-                raise invalid("prompt", None, "every item needs a 'prompt'", item=i)
-            settings = shared
-            if not _ITEM_SETTINGS.isdisjoint(fields):
-                settings = validate_settings(
-                    priority=priority,
-                    group=group,
-                    timeout=fields.pop("timeout", timeout),
-                    max_retries=fields.pop("max_retries", max_retries),
-                    metadata=fields.pop("metadata", metadata),
-                    item=i,
-                )
-            given = fields.pop("model", model)
-            found = models.get(given) if isinstance(given, str | None) else None
-            if found is None:
-                named = self._catalog.resolve(given, item=i)
-                found = models[given] = (named, self._catalog.check_params(named))
-            named, check = found
-            seed = fields.pop("seed", None)
-            specs.append(
-                job_spec(prompt, settings=settings, seed=seed, params=fields, check_params=check, model=named, item=i)
-            )
         return self._add(specs)
 
     def _add(self, specs: list[JobSpec]) -> list[Job]:
