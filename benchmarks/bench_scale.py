@@ -17,7 +17,9 @@ Everything is measured in one run and printed side by side:
    while a GPU computes) twice as long as PNG-encoding and writing that image takes, which is
    measured first, in the same run, and printed beside;
 4. overhead per job with a no-op generator (1x1 image), SQLite, through the whole queue, beside
-   what the store and the file system alone take for it (claim, PNG, finish on one thread);
+   what the store and the file system alone take for it (claim, PNG, finish on one thread), and
+   beside what one hand-over between two threads costs here (a job takes several: the device,
+   writer, database and loop threads each wake the next);
 5. one ``submit_batch`` of 100,000 jobs into a file that holds 100,000 jobs already (SQLite),
    beside the driver's bare ``executemany`` of the same rows into the same file.
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import queue
 import random
 import shutil
 import sqlite3
@@ -320,6 +323,27 @@ def store_work(folder: Path, jobs: int) -> float:
         store.close()
 
 
+def handover_seconds(rounds: int) -> float:
+    """One hand-over between two threads: a call put on a queue that a sleeping thread waits on,
+    as the worker's threads hand a job on (half of a measured round trip)."""
+    there: queue.SimpleQueue[int] = queue.SimpleQueue()
+    back: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def echo() -> None:
+        for _ in range(rounds):
+            back.put(there.get())
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    began = time.perf_counter()
+    for i in range(rounds):
+        there.put(i)
+        back.get()
+    took = time.perf_counter() - began
+    thread.join()
+    return took / rounds / 2
+
+
 def batch_seconds(folder: Path, n: int) -> tuple[float, float]:
     """``submit_batch`` of ``n`` jobs into a file of ``n``, and the same rows inserted by the
     driver alone (``sqlite3`` ``executemany`` of the columns ``add`` writes) into a copy of that
@@ -386,6 +410,7 @@ def main() -> None:
     gaps = {size: idle_gaps(tmp, size, sizes.gap_jobs, gen_time[size]) for size in (512, 1024)}
     overhead = noop_overhead(tmp, sizes.noop_jobs)
     floor = store_work(tmp, sizes.noop_jobs)
+    handover = handover_seconds(sizes.noop_jobs * 10)
     batch, bare = batch_seconds(tmp, sizes.batch)
 
     print(f"imgnb scale benchmark{' (--quick)' if args.quick else ''}, {os.cpu_count()} CPUs\n")
@@ -413,6 +438,7 @@ def main() -> None:
         )
     print(f"\noverhead per job, no-op generator, SQLite ({sizes.noop_jobs} jobs): {overhead * 1000:.3f} ms")
     print(f"  claim + PNG + finish by hand, one thread, alone: {floor * 1000:.3f} ms (queue x{overhead / floor:.2f})")
+    print(f"  one hand-over between two threads (a wake-up): {handover * 1e6:.1f} us")
     print(f"submit_batch of {sizes.batch:,} jobs into a file of {sizes.batch:,}: {batch:.2f} s")
     print(f"  the driver's bare executemany of the same rows, same file: {bare:.2f} s (queue x{batch / bare:.2f})")
 
