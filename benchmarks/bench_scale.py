@@ -76,6 +76,7 @@ class Sizes:
     scale_jobs: int = 3000
     gap_jobs: int = 30
     noop_jobs: int = 2000
+    handovers: int = 20_000
     batch: int = 100_000
 
 
@@ -86,6 +87,7 @@ QUICK = Sizes(
     scale_jobs=200,
     gap_jobs=3,
     noop_jobs=300,
+    handovers=3000,
     batch=10_000,
 )
 
@@ -410,7 +412,7 @@ def main() -> None:
     gaps = {size: idle_gaps(tmp, size, sizes.gap_jobs, gen_time[size]) for size in (512, 1024)}
     overhead = noop_overhead(tmp, sizes.noop_jobs)
     floor = store_work(tmp, sizes.noop_jobs)
-    handover = handover_seconds(sizes.noop_jobs * 10)
+    handover = handover_seconds(sizes.handovers)
     batch, bare = batch_seconds(tmp, sizes.batch)
 
     print(f"imgnb scale benchmark{' (--quick)' if args.quick else ''}, {os.cpu_count()} CPUs\n")
