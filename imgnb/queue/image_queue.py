@@ -198,6 +198,7 @@ class ImageQueue:
             publish=self._publish_written,
             report_step=self._on_step,
             call_on_loop=self._loop.call,
+            wrap=self._loop.wrap,
             may_claim=lambda: self._started and not self._paused and not self._closed,
             claim_gate=self._claim_gate,
             wait_for_work=self._idle,
@@ -785,7 +786,7 @@ class ImageQueue:
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call in the database thread."""
-        return await asyncio.wrap_future(self._db_soon(fn, *args, **kwargs))
+        return await self._loop.wrap(self._db_soon(fn, *args, **kwargs))
 
     def _db_soon(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         """Hand a store call to the database thread (from any thread); its future."""

@@ -77,6 +77,7 @@ class WorkerContext:
     publish: Callable[[list[JobRecord]], None]  # records that one write of this process returned
     report_step: Callable[[list[int], int, int, dict[int, Image]], None]  # a step (and previews), on the loop
     call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
+    wrap: Callable[[concurrent.futures.Future[T]], asyncio.Future[T]]  # asyncio.wrap_future, through call_on_loop
     may_claim: Callable[[], bool]  # started and not paused (read in the database thread)
     claim_gate: threading.Lock  # held from that check to the claim's end: pause() waits for it
     wait_for_work: Callable[[], Awaitable[None]]  # until woken or the next poll; raises QueueClosed
@@ -108,10 +109,10 @@ class _WriteFailed(Exception):
         self.error = error
 
 
-def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
-    """Resolve ``future`` on ``loop``, from any thread (nothing once the loop is closed)."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(lambda: None if future.done() else future.set_result(None))
+def _resolve(future: asyncio.Future[None]) -> None:
+    """On the loop: ``future`` is done, if nothing else made it so."""
+    if not future.done():
+        future.set_result(None)
 
 
 def _classify(exc: BaseException) -> FailureKind:
@@ -199,7 +200,7 @@ class DeviceWorker:
             started = await ctx.db(self._claim_and_start)
         else:  # claimed, and probably started, by the generation thread's request
             try:
-                started = ahead.result() if ahead.done() else await asyncio.wrap_future(ahead)
+                started = ahead.result() if ahead.done() else await ctx.wrap(ahead)
             except concurrent.futures.CancelledError:  # close() dropped it
                 raise QueueClosed() from None
         promoted, claimed, runs, generation = started
@@ -280,7 +281,7 @@ class DeviceWorker:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
-        generation.add_done_callback(lambda _: self._tell_ended(loop, ended))
+        generation.add_done_callback(lambda _: self._tell_ended(ended))
         # published once the device has its work: subscribers' time is not taken from the device.
         # Promoted first: a job's queued event comes before its processing one.
         if promoted:
@@ -346,7 +347,7 @@ class DeviceWorker:
                 except RuntimeError:  # shut down by close(), which hands the job back itself
                     return
                 try:
-                    await self._stored(run, await asyncio.wrap_future(stored))
+                    await self._stored(run, await self.ctx.wrap(stored))
                 except (QueueClosed, concurrent.futures.CancelledError):
                     return
                 except _WriteFailed as failed:
@@ -483,14 +484,14 @@ class DeviceWorker:
         self._claim_ahead()
         return list(outputs)
 
-    def _tell_ended(self, loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
+    def _tell_ended(self, ended: asyncio.Future[None]) -> None:
         """The generator call returned (in the generation thread, as a rule): tell the loop, at the
         same time as the answer to the claim it asked for, if any: one wake-up of the loop, not two."""
         ahead = self._ahead
         if ahead is not None and not ahead.done():
-            ahead.add_done_callback(lambda _: _resolve(loop, ended))
+            ahead.add_done_callback(lambda _: self.ctx.call_on_loop(_resolve, ended))
         else:
-            _resolve(loop, ended)
+            self.ctx.call_on_loop(_resolve, ended)
 
     def _claim_ahead(self) -> None:
         """In the generation thread, its call just returned: have the next job claimed and started
