@@ -315,6 +315,38 @@ def test_requeue_failed_keeps_priorities_and_order_at_scale(store: Store) -> Non
     assert again.ids == tuple(r.id for r in sorted(stored, key=lambda r: r.seq)) == tuple(r.id for r in jobs)
 
 
+def run_all(store: Store, ids: list[int], *, failing: set[int], at: float) -> None:
+    """Run ``ids`` (queued, in run order): those in ``failing`` end in error, the others complete."""
+    for k, job_id in enumerate(ids):
+        (claimed,) = store.claim(owner="w", device="d", now=at + k, lease=10)
+        assert claimed.id == job_id
+        status = S.ERROR if job_id in failing else S.COMPLETE
+        store.finish(job_id, owner="w", status=status, now=at + k, images=[f"/img/{job_id}.png"])
+
+
+@pytest.mark.parametrize("failed_every", [1, 7], ids=["close-together", "spread-out"])
+def test_requeue_failed_numbers_stay_close_to_the_jobs(store: Store, failed_every: int) -> None:
+    """Jobs that failed together or far apart: after the retry they run after every other job, in
+    their old order, and retrying them again and again never spreads their numbers wider than
+    twice their count (an SQL store moves close-together numbers as they are, renumbers others)."""
+    ids = [r.id for r in store.add([grouped(f"j{i}", None) for i in range(42)], batch_keys=[None] * 42, now=NOW)]
+    failing = ids[::failed_every]
+    run_all(store, ids, failing=set(failing), at=NOW)
+    (later,) = store.add([grouped("later", None)], batch_keys=[None], now=NOW)
+    for round_ in range(3):
+        again = store.requeue_failed(group=None, now=NOW + round_)
+        assert again.ids == tuple(failing)
+        stored = store.list_jobs(status=S.QUEUED)
+        assert [r.id for r in stored] == ([later.id] if round_ == 0 else []) + failing
+        seqs = [r.seq for r in stored if r.id != later.id]
+        assert seqs == sorted(seqs) and seqs[-1] - seqs[0] < 2 * len(failing)
+        assert again.key_of == {r.id: r.order_key for r in stored if r.id != later.id}
+        assert (store.counts()[S.QUEUED], store.counts()[S.ERROR]) == (len(stored), 0)
+        run_all(store, [r.id for r in stored], failing=set(failing), at=NOW + 100 * (round_ + 1))
+        counts = store.counts()  # counted row by row again after the bulk change
+        assert (counts[S.QUEUED], counts[S.ERROR], counts[S.COMPLETE]) == (0, len(failing), 43 - len(failing))
+
+
 def queued_ids(store: Store) -> list[int]:
     return [r.id for r in store.list_jobs(status=S.QUEUED)]
 

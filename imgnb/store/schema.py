@@ -17,7 +17,17 @@ from ..core.ordering import RUN_ORDER
 from ..core.states import JobStatus
 from ..core.validation import MAX_GROUP_LENGTH, MAX_MODEL_LENGTH
 
-__all__ = ["COUNT_ROWS", "COUNT_TRIGGERS", "SCHEMA_VERSION", "CountRow", "DeviceRow", "JobRow", "MetaRow"]
+__all__ = [
+    "COUNT_ROWS",
+    "COUNT_TRIGGERS",
+    "SCHEMA_VERSION",
+    "SQLITE_BULK_RECOUNT",
+    "SQLITE_STATUS_TRIGGER",
+    "CountRow",
+    "DeviceRow",
+    "JobRow",
+    "MetaRow",
+]
 
 # 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: model, passed_over; 4: counts, history indexes;
 # 5: PostgreSQL revisions from a sequence
@@ -162,12 +172,24 @@ def _pg_trigger(event: str, tables: str) -> tuple[str, str]:
     )
 
 
+SQLITE_STATUS_TRIGGER = (
+    "imgnb_count_update",
+    "CREATE TRIGGER IF NOT EXISTS imgnb_count_update AFTER UPDATE OF status ON imgnb_job"
+    f" WHEN OLD.status IS NOT NEW.status BEGIN {_SQLITE_TAKE} {_SQLITE_ADD} END",
+)
+"""SQLite: the row trigger that counts changes of status: its name, and the statement making it."""
+
+SQLITE_BULK_RECOUNT = (
+    "UPDATE imgnb_count SET n = (SELECT count(*) FROM imgnb_job WHERE imgnb_job.status = imgnb_count.status)"
+    " WHERE status IN (SELECT value FROM json_each(?))"
+)
+"""SQLite: the counts of the statuses in a JSON list, taken anew (over the status index)."""
+
 # the statements that keep imgnb_count, by dialect; each may run again harmlessly
 COUNT_TRIGGERS: dict[str, tuple[str, ...]] = {
     "sqlite": (
         "DROP TRIGGER IF EXISTS imgnb_count_insert",
-        "CREATE TRIGGER IF NOT EXISTS imgnb_count_update AFTER UPDATE OF status ON imgnb_job"
-        f" WHEN OLD.status IS NOT NEW.status BEGIN {_SQLITE_TAKE} {_SQLITE_ADD} END",
+        SQLITE_STATUS_TRIGGER[1],
         f"CREATE TRIGGER IF NOT EXISTS imgnb_count_delete AFTER DELETE ON imgnb_job BEGIN {_SQLITE_TAKE} END",
     ),
     "postgresql": (
