@@ -32,14 +32,14 @@ from imgnb import (
     Retention,
 )
 from imgnb.core.bulk_events import BulkEvents
-from imgnb.core.editing import Renumbering, move_before, new_seqs
+from imgnb.core.editing import Place, Renumbering, move_before, new_seqs
 from imgnb.core.history import pruned_ids
 from imgnb.core.ordering import OrderIndex
 from imgnb.core.table import flatten, job_row
 from imgnb.store import SQLStore
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
-from tests.fixtures.queues import wait_until
+from tests.fixtures.queues import back_to_schema_5, wait_until
 from tests.test_store_contract import NOW, spec
 
 MakeQueue = Callable[..., ImageQueue]
@@ -222,11 +222,38 @@ def _pages(db: Path) -> int:
     return os.path.getsize(db) // 4096
 
 
+def test_a_version_5_database_keeps_moving_jobs_to_the_front(db_url: str) -> None:
+    """Schema 6 keeps the lowest run-order number in a counter (no index on ``seq``): an upgraded
+    file starts it at its lowest number, and a move to the front still goes below every job."""
+    store = SQLStore(db_url)
+    a, b, c = store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW)
+    store.move(c.id, to=Place.FRONT, now=NOW)
+    lowest = store.get(c.id).seq
+    with store.engine.begin() as conn:
+        back_to_schema_5(conn)
+        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 5")
+    store.close()
+    upgraded = SQLStore(db_url)
+    try:
+        with upgraded.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT schema_version, low_seq FROM imgnb_meta").one() == (
+                SCHEMA_VERSION,
+                lowest,
+            )
+            assert "imgnb_job_seq" not in {ix["name"] for ix in sa.inspect(conn).get_indexes("imgnb_job")}
+        upgraded.move(b.id, to=Place.FRONT, now=NOW)
+        assert [r.id for r in upgraded.list_jobs(status=S.QUEUED)] == [b.id, c.id, a.id]
+        assert upgraded.get(b.id).seq < lowest
+    finally:
+        upgraded.close()
+
+
 def test_a_version_3_database_is_upgraded_with_its_counts(db_url: str) -> None:
     store = SQLStore(db_url)
     jobs = store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW)
     store.cancel(jobs[0].id, now=NOW)
     with store.engine.begin() as conn:  # back to schema 3: no counts table, triggers or history indexes
+        back_to_schema_5(conn)
         conn.exec_driver_sql("DROP TABLE imgnb_count")
         if store.dialect == "postgresql":
             conn.exec_driver_sql("DROP FUNCTION imgnb_count_rows() CASCADE")
@@ -239,7 +266,7 @@ def test_a_version_3_database_is_upgraded_with_its_counts(db_url: str) -> None:
         with upgraded.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == SCHEMA_VERSION
             names = {ix["name"] for ix in sa.inspect(conn).get_indexes("imgnb_job")}
-            assert {"imgnb_job_status_id", "imgnb_job_finished", "imgnb_job_seq"} <= names
+            assert {"imgnb_job_status_id", "imgnb_job_finished"} <= names and "imgnb_job_seq" not in names
         assert upgraded.counts()[S.CANCELLED] == 1 and upgraded.counts()[S.QUEUED] == 2
         upgraded.add([spec("d")], batch_keys=[None], now=NOW)  # the triggers count from here on
         upgraded.cancel_all(statuses={S.QUEUED}, group=None, now=NOW)

@@ -21,7 +21,7 @@ from imgnb.store import SQLStore
 from imgnb.store.notify import APPLICATION_NAME
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator, MemoryStore
-from tests.fixtures.queues import wait_until
+from tests.fixtures.queues import back_to_schema_5, wait_until
 from tests.test_store_contract import NOW, spec
 
 SLOW_POLL = LeasePolicy(lease=60.0, heartbeat=30.0, poll=30.0)  # nothing arrives by polling in a test's time
@@ -200,12 +200,13 @@ def test_a_row_changed_by_a_write_that_drew_earlier_gets_a_newer_revision(
 def test_a_database_from_before_the_sequence_counts_on_from_its_counter(pg_db_url: str) -> None:
     store = SQLStore(pg_db_url)
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
-    with store.engine.begin() as conn:  # back to the schema before: revisions from the counter row
+    with store.engine.begin() as conn:  # back to schema 4: revisions from the counter row
+        back_to_schema_5(conn)
         conn.exec_driver_sql("DROP TRIGGER imgnb_job_restamp ON imgnb_job")
         conn.exec_driver_sql("DROP FUNCTION imgnb_job_restamp()")
         conn.exec_driver_sql("DROP SEQUENCE imgnb_revision")
         conn.exec_driver_sql("UPDATE imgnb_job SET revision = 40")
-        conn.exec_driver_sql(f"UPDATE imgnb_meta SET schema_version = {SCHEMA_VERSION - 1}, revision = 41")
+        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 4, revision = 41")
     store.close()
     upgraded = SQLStore(pg_db_url)
     try:

@@ -80,8 +80,8 @@ def move_before(order: Sequence[int], job_id: int, target_id: int) -> Renumberin
 
 
 def new_seqs(renumbering: Renumbering, *, lowest: int, taken: int) -> dict[int, int]:
-    """The new ``seq`` of each job: ending just under ``lowest`` (the smallest ``seq`` of any stored
-    job) when ``below``, else starting at ``taken``, the first of ``len(ids)`` numbers taken from
+    """The new ``seq`` of each job: ending just under ``lowest`` (no stored job's ``seq`` is below
+    it) when ``below``, else starting at ``taken``, the first of ``len(ids)`` numbers taken from
     the ascending counter."""
     first = lowest - len(renumbering.ids) if renumbering.below else taken
     return {job_id: first + i for i, job_id in enumerate(renumbering.ids)}

@@ -30,8 +30,8 @@ __all__ = [
 ]
 
 # 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: model, passed_over; 4: counts, history indexes;
-# 5: PostgreSQL revisions from a sequence
-SCHEMA_VERSION = 5
+# 5: PostgreSQL revisions from a sequence; 6: the lowest run-order number is a counter, not an index
+SCHEMA_VERSION = 6
 
 
 class MetaRow(SQLModel, table=True):
@@ -43,6 +43,7 @@ class MetaRow(SQLModel, table=True):
     schema_version: int
     revision: int = 0  # bumped by every write transaction on SQLite (PostgreSQL: the sequence imgnb_revision)
     next_seq: int = 0  # the run-order number the next submitted job gets
+    low_seq: int = 0  # no stored job's number is below it: a job moved to the front gets the ones under it
 
 
 class JobRow(SQLModel, table=True):
@@ -56,8 +57,6 @@ class JobRow(SQLModel, table=True):
         sa.Index("imgnb_job_status_id", "status", "id"),
         # pruning by age or "keep the last N", and the board's "recently finished"
         sa.Index("imgnb_job_finished", "finished_at", "id"),
-        # the smallest seq, below which a job moved to the front of its priority goes
-        sa.Index("imgnb_job_seq", "seq"),
         {"sqlite_autoincrement": True},  # never hand out a used id again, even after deletes
     )
 
