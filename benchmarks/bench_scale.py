@@ -206,6 +206,17 @@ def wakeups(db: str, folder: Path, rounds: int) -> Wakeups:
 class Throughput:
     per_second: float
     lock_waits: float | None  # PostgreSQL: sessions of this database waiting for a lock, on average
+    cpu_busy: float  # the share of the machine's CPU time that was busy meanwhile (all processes)
+    cpu_per_job: float  # busy CPU seconds of the machine per job
+
+
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat (Linux)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle and waiting for I/O
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
 
 
 def throughput(db: str, folder: Path, procs: int, jobs: int) -> Throughput:
@@ -220,6 +231,7 @@ def throughput(db: str, folder: Path, procs: int, jobs: int) -> Throughput:
         sampler = threading.Thread(target=sample_lock_waits, args=(db, done, waits), daemon=True)
         if "://" in db:
             sampler.start()
+        busy_before, total_before = cpu_times()
         for worker in workers:
             worker.go()
         deadline = time.monotonic() + 600
@@ -227,6 +239,7 @@ def throughput(db: str, folder: Path, procs: int, jobs: int) -> Throughput:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{procs} workers did not finish {jobs} jobs")
             time.sleep(0.1)  # a look now and then: the time measured is the database's own
+        busy_after, total_after = cpu_times()
         done.set()
         for worker in workers:
             worker.close()
@@ -235,7 +248,13 @@ def throughput(db: str, folder: Path, procs: int, jobs: int) -> Throughput:
         sampler.join()
     first = min(j.started_at for j in finished if j.started_at is not None)
     last = max(j.finished_at for j in finished if j.finished_at is not None)
-    return Throughput(jobs / (last - first).total_seconds(), statistics.mean(waits) if waits else None)
+    busy = busy_after - busy_before
+    return Throughput(
+        jobs / (last - first).total_seconds(),
+        statistics.mean(waits) if waits else None,
+        cpu_busy=busy / (total_after - total_before),
+        cpu_per_job=busy / jobs,
+    )
 
 
 def sample_lock_waits(url: str, done: threading.Event, waits: list[int]) -> None:
@@ -431,7 +450,10 @@ def main() -> None:
         print(f"  {'  vs 1':10} " + " ".join(f"{row[k].per_second / first:9.2f}" for k in sizes.scale_procs))
         if backend == "postgresql":
             print(f"  {'  lock wait':10} " + " ".join(f"{row[k].lock_waits or 0:9.2f}" for k in sizes.scale_procs))
-    print("  (lock wait: sessions waiting for a lock, on average over the run)")
+        print(f"  {'  CPU busy':10} " + " ".join(f"{row[k].cpu_busy:9.0%}" for k in sizes.scale_procs))
+        print(f"  {'  CPU/job':10} " + " ".join(f"{row[k].cpu_per_job * 1000:7.2f}ms" for k in sizes.scale_procs))
+    print("  (lock wait: sessions waiting for a lock, on average over the run; CPU busy: of the whole")
+    print("   machine, every process and the database server together; CPU/job: its busy time per job)")
     print(f"\nidle gap of the device between generator calls (ms), {sizes.gap_jobs} jobs")
     for size in (512, 1024):
         print(
