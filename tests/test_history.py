@@ -39,7 +39,7 @@ from imgnb.core.table import flatten, job_row
 from imgnb.store import SQLStore
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
-from tests.fixtures.queues import back_to_schema_5, wait_until
+from tests.fixtures.queues import back_to_schema_5, finish_index_sql, wait_until
 from tests.test_store_contract import NOW, spec
 
 MakeQueue = Callable[..., ImageQueue]
@@ -223,8 +223,9 @@ def _pages(db: Path) -> int:
 
 
 def test_a_version_5_database_keeps_moving_jobs_to_the_front(db_url: str) -> None:
-    """Schema 6 keeps the lowest run-order number in a counter (no index on ``seq``): an upgraded
-    file starts it at its lowest number, and a move to the front still goes below every job."""
+    """Schema 6 keeps the lowest run-order number in a counter (no index on ``seq``), and indexes
+    the finish time of finished jobs only: an upgraded file starts the counter at its lowest
+    number, a move to the front still goes below every job, and the newest finished come first."""
     store = SQLStore(db_url)
     a, b, c = store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW)
     store.move(c.id, to=Place.FRONT, now=NOW)
@@ -241,9 +242,12 @@ def test_a_version_5_database_keeps_moving_jobs_to_the_front(db_url: str) -> Non
                 lowest,
             )
             assert "imgnb_job_seq" not in {ix["name"] for ix in sa.inspect(conn).get_indexes("imgnb_job")}
+            assert "finished_at IS NOT NULL" in finish_index_sql(conn)  # of finished jobs only
         upgraded.move(b.id, to=Place.FRONT, now=NOW)
         assert [r.id for r in upgraded.list_jobs(status=S.QUEUED)] == [b.id, c.id, a.id]
         assert upgraded.get(b.id).seq < lowest
+        upgraded.cancel(a.id, now=NOW + 1)
+        assert [r.id for r in upgraded.recently_finished(limit=1)] == [a.id]
     finally:
         upgraded.close()
 
