@@ -421,7 +421,7 @@ class ImageQueue:
         self._wake()
         states = self._mirror.bulk_states(change, functools.partial(self._read_added, added))
         with no_collections():
-            return self._handles_of(states)
+            return [self._handle_of(state) for state in states]
 
     def _key_of(self, spec: JobSpec) -> str | None:
         return self._catalog.batch_key(spec) if self._batching else None
@@ -640,7 +640,7 @@ class ImageQueue:
         self._wake()
         states = self._mirror.bulk_states(change, self._read_state)
         with no_collections():  # see gc_hold: 100,000 handles
-            return self._handles_of(states)
+            return [self._handle_of(state) for state in states]
 
     # -- live state: positions and steps, read by Job handles and widgets ----------------------------
 
@@ -675,15 +675,12 @@ class ImageQueue:
             record = self.store.get(record.id)
         state = self._mirror.state(record)
         state.settle()
-        return self._handles_of([state])[0]
+        return self._handle_of(state)
 
-    def _handles_of(self, states: Iterable[JobState]) -> list[Job]:
-        """The one live handle of each job's state (made if none is alive): one pass, no call per
-        job (a bulk retry makes 100,000)."""
-        return [
-            job if (ref := state.handle) is not None and (job := ref()) is not None else Job(self, state)
-            for state in states
-        ]
+    def _handle_of(self, state: JobState) -> Job:
+        """The one live handle of a job's state (made if none is alive)."""
+        job = state.handle() if state.handle is not None else None
+        return job if job is not None else Job(self, state)
 
     def _read_state(self, state: JobState) -> None:
         """Read the record of a state a bulk edit made (unread: see ``JobState``); one newer than the

@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import operator
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -488,7 +487,6 @@ def _requeue_failed(*, grouped: bool, renumber: bool) -> sa.Update:
     )
 
 
-_SEQ_OF_ROW = operator.itemgetter(1)  # of the (id, seq, priority) rows the retry returns
 _FAILED_SPAN = {grouped: _failed_span(grouped=grouped) for grouped in (False, True)}
 _REQUEUE_FAILED = {
     (grouped, renumber): _requeue_failed(grouped=grouped, renumber=renumber)
@@ -1361,10 +1359,17 @@ class SQLStore(Store):
                 rows = self._fast(_REQUEUE_FAILED[group is not None, renumber]).tuples(
                     conn, _args(low=low, high=high, rev=rev, **moved, **grouped, **_requeued(now))
                 )
-        rows.sort(key=_SEQ_OF_ROW)  # the jobs' old order (the rows come in id order, mostly that already)
-        ids, seqs, priorities = zip(*rows, strict=True) if rows else ((), (), ())
+        slots: list[tuple[int, int] | None] = [None] * (max((seq for _, seq, _ in rows), default=first - 1) - first + 1)
+        for job_id, seq, priority in rows:  # placed by seq: first, first + 1, ...
+            slots[seq - first] = (job_id, priority)
+        ids, priorities, seqs = [], [], []
+        for offset, slot in enumerate(slots):
+            if slot is not None:
+                ids.append(slot[0])
+                priorities.append(slot[1])
+                seqs.append(first + offset)
         keys = order_keys(priority=priorities, seq=seqs)
-        return BulkChange(ids=ids, revision=rev, values=requeued(now), keys=tuple(keys))
+        return BulkChange(ids=tuple(ids), revision=rev, values=requeued(now), keys=tuple(keys))
 
     def set_priority(self, job_id: int, priority: int, *, now: float) -> JobRecord:
         job_id = validate_job_id(job_id)
