@@ -276,6 +276,8 @@ def test_cancel_all_takes_only_waiting_jobs(store: Store) -> None:
     assert change.applied_to(jobs[2]) == store.get(jobs[2].id)  # what the stored record now is
     assert (store.get(jobs[1].id).status, store.get(jobs[1].id).finished_at) == (S.CANCELLED, NOW + 1)
     assert store.get(running.id).status is S.PROCESSING and not store.get(running.id).cancel_requested
+    counts = store.counts()  # each status the bulk change left or entered, counted
+    assert (counts[S.QUEUED], counts[S.PENDING], counts[S.CANCELLED], counts[S.PROCESSING]) == (2, 0, 2, 1)
     rev, snapshot = store.queued_snapshot()
     assert {j for j, _ in snapshot} == {jobs[3].id, jobs[4].id}
     assert store.cancel_all(statuses={S.QUEUED}, group=None, now=NOW).ids == (jobs[3].id, jobs[4].id)

@@ -21,7 +21,6 @@ __all__ = [
     "COUNT_ROWS",
     "COUNT_TRIGGERS",
     "SCHEMA_VERSION",
-    "SQLITE_BULK_RECOUNT",
     "SQLITE_STATUS_TRIGGER",
     "CountRow",
     "DeviceRow",
@@ -182,12 +181,6 @@ SQLITE_STATUS_TRIGGER = (
     f" WHEN OLD.status IS NOT NEW.status BEGIN {_SQLITE_TAKE} {_SQLITE_ADD} END",
 )
 """SQLite: the row trigger that counts changes of status: its name, and the statement making it."""
-
-SQLITE_BULK_RECOUNT = (
-    "UPDATE imgnb_count SET n = (SELECT count(*) FROM imgnb_job WHERE imgnb_job.status = imgnb_count.status)"
-    " WHERE status IN (SELECT value FROM json_each(?))"
-)
-"""SQLite: the counts of the statuses in a JSON list, taken anew (over the status index)."""
 
 # the statements that keep imgnb_count, by dialect; each may run again harmlessly
 COUNT_TRIGGERS: dict[str, tuple[str, ...]] = {

@@ -24,6 +24,7 @@ empty and fails its own job when claimed; it never stops the claim or the watche
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import json
@@ -56,7 +57,6 @@ from .schema import (
     COUNT_ROWS,
     COUNT_TRIGGERS,
     SCHEMA_VERSION,
-    SQLITE_BULK_RECOUNT,
     SQLITE_STATUS_TRIGGER,
     CountRow,
     DeviceRow,
@@ -93,19 +93,20 @@ $$""",
 _HISTORY_INDEXES = ("imgnb_job_status_id", "imgnb_job_finished")
 
 
+_DIALECTS = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect}  # to write migrations' DDL
+
+
 def _create_index(name: str, dialect: str) -> str:
     """The statement making the declared index ``name`` (``schema.JobRow``), if it does not exist."""
-    compiler = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect}[dialect]()
     (index,) = (ix for ix in job.indexes if ix.name == name)
-    return str(sa.schema.CreateIndex(index, if_not_exists=True).compile(dialect=compiler))
+    return str(sa.schema.CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECTS[dialect]()))
 
 
 def _history_schema(dialect: str) -> tuple[str, ...]:
     """Schema 4, from the declarations in ``schema``: the counts table, its triggers, its first
     counts, and the indexes that make pages, pruning and moves cheap. Each statement may run again."""
-    compiler = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect}[dialect]()
     return (
-        str(sa.schema.CreateTable(job_count, if_not_exists=True).compile(dialect=compiler)),
+        str(sa.schema.CreateTable(job_count, if_not_exists=True).compile(dialect=_DIALECTS[dialect]())),
         *COUNT_TRIGGERS[dialect],
         "DELETE FROM imgnb_count",
         *(("DELETE FROM imgnb_count_part",) if dialect == "postgresql" else ()),  # the recount below is whole
@@ -795,28 +796,31 @@ class SQLStore(Store):
         if self.dialect == "postgresql":
             conn.execute(sa.select(counters.c.next_seq).with_for_update())
 
-    def _lock_jobs(self, conn: sa.Connection, where: Any) -> None:
+    def _lock_jobs(self, conn: sa.Connection, where: Any, params: Mapping[str, Any] | None = None) -> None:
         """PostgreSQL: lock the jobs matching ``where`` in id order before a write changes several,
-        the order every such write follows, so that two of them never wait on each other. (SQLite's
-        write lock is the whole database already.)"""
+        the order every such write follows, so that two of them never wait on each other (``params``:
+        the values of ``where``'s bound parameters). (SQLite's write lock is the whole database already.)"""
         if self.dialect == "postgresql":
-            conn.execute(sa.select(job.c.id).where(where).order_by(job.c.id).with_for_update())
+            conn.execute(sa.select(job.c.id).where(where).order_by(job.c.id).with_for_update(), dict(params or {}))
 
     @contextmanager
-    def _counted_once(self, conn: sa.Connection, statuses: Collection[str]) -> Iterator[None]:
-        """SQLite: a bulk change of status, counted once at its end rather than row by row: the
-        row trigger is dropped for the change and made again after it, the statuses it touched
-        counted anew, all in the write's transaction (a failure rolls the drop back too). No other
-        writer can see the gap: SQLite's write lock is the whole database. At 100,000 jobs the
-        trigger's two statements a row took a seventh of a bulk retry; the recount, over the status
-        index, a few milliseconds. PostgreSQL's triggers count once a statement already."""
+    def _counted_once(self, conn: sa.Connection) -> Iterator[collections.Counter[str] | None]:
+        """SQLite: a bulk change of status, counted once at its end rather than row by row. The
+        block tells the yielded counter how many jobs left or entered each status; the row trigger
+        is dropped for the block and made again after it, all in the write's transaction (a
+        failure rolls the drop back too). No other writer can see the gap: SQLite's write lock is
+        the whole database. At 100,000 jobs the trigger's two statements a row took an eighth of a
+        bulk retry. PostgreSQL's triggers count once a statement already: None there."""
         if self.dialect != "sqlite":
-            yield
+            yield None
             return
         name, create = SQLITE_STATUS_TRIGGER
         conn.exec_driver_sql(f"DROP TRIGGER {name}")
-        yield
-        conn.exec_driver_sql(SQLITE_BULK_RECOUNT, (_dumps(sorted(statuses)),))
+        moved: collections.Counter[str] = collections.Counter()
+        yield moved
+        for status, n in moved.items():
+            if n:
+                self._fast(_COUNT_ADDED).rowcount(conn, _args(status=status, n=n))
         conn.exec_driver_sql(create)
 
     @staticmethod
@@ -1329,12 +1333,17 @@ class SQLStore(Store):
         if group is not None:
             where.append(job.c.group_name == grouped["group"])
         values = {"status": JobStatus.CANCELLED, "finished_at": now, "error": None, "updated_at": now}
-        with self._write() as (conn, rev), self._counted_once(conn, [*waiting, JobStatus.CANCELLED.value]):
+        with self._write() as (conn, rev), self._counted_once(conn) as moved:
             self._lock_jobs(conn, sa.and_(*where))
+            if moved is not None:  # what leaves each waiting status, read before the change
+                by_status = sa.select(job.c.status, sa.func.count()).where(*where).group_by(job.c.status)
+                moved.subtract({status: n for status, n in conn.execute(by_status)})
             stored = {**values, "status": JobStatus.CANCELLED.value, "revision": rev}
             rows = self._fast(_CANCEL_WAITING[group is not None]).tuples(
                 conn, _args(s1=waiting[0], s2=waiting[-1], **grouped, **stored)
             )
+            if moved is not None:
+                moved[JobStatus.CANCELLED.value] += len(rows)
         return BulkChange(ids=tuple(sorted(job_id for (job_id,) in rows)), revision=rev, values=values)
 
     def requeue_failed(self, *, group: str | None, now: float) -> BulkChange:
@@ -1342,12 +1351,9 @@ class SQLStore(Store):
         when they lie close together (the usual case: jobs that failed together); spread out
         (more than twice as many numbers as jobs), they are numbered anew, so that retrying a
         few old failures again and again never makes the numbers grow faster than the jobs."""
-        failed = [job.c.status == JobStatus.ERROR.value]
         grouped = {} if group is None else {"group": validate_group(group)}
-        if group is not None:
-            failed.append(job.c.group_name == grouped["group"])
         with self._write() as (conn, rev):
-            self._lock_jobs(conn, sa.and_(*failed))
+            self._lock_jobs(conn, sa.and_(*_failed(grouped=group is not None)), _args(**grouped))
             (span,) = self._fast(_FAILED_SPAN[group is not None]).rows(conn, _args(**grouped))
             if not span["n"]:
                 return BulkChange(ids=(), revision=rev, values=requeued(now), keys=())
@@ -1355,10 +1361,12 @@ class SQLStore(Store):
             renumber = high - low + 1 > 2 * n
             first = self._take_seq(conn, n if renumber else high - low + 1)  # fresh numbers, in the jobs' old order
             moved = {"before": first - 1} if renumber else {"shift": first - low}
-            with self._counted_once(conn, [JobStatus.ERROR.value, _QUEUED]):
+            with self._counted_once(conn) as counted:
                 rows = self._fast(_REQUEUE_FAILED[group is not None, renumber]).tuples(
                     conn, _args(low=low, high=high, rev=rev, **moved, **grouped, **_requeued(now))
                 )
+                if counted is not None:
+                    counted.update({JobStatus.ERROR.value: -len(rows), _QUEUED: len(rows)})
         slots: list[tuple[int, int] | None] = [None] * (max((seq for _, seq, _ in rows), default=first - 1) - first + 1)
         for job_id, seq, priority in rows:  # placed by seq: first, first + 1, ...
             slots[seq - first] = (job_id, priority)
