@@ -11,7 +11,9 @@ Everything is measured in one run and printed side by side:
    - cancel -> stop: from ``cancel()`` here to the running job's next step raising there (steps
      of 2 ms);
 2. PostgreSQL scaling: claims + finishes per second with 1, 2, 4 and 8 worker processes, each on a
-   device of its own, no-op generator, jobs submitted beforehand; and the same on SQLite;
+   device of its own, no-op generator, jobs submitted beforehand; and the same on SQLite. The
+   workers are headless, as ``imgnb worker`` runs them; beside the table, the most processes once
+   more with workers that follow every change at once, as a notebook's queue does;
 3. the idle gap of one device between the end of one generator call and the start of the next,
    for a generator that returns a 512x512 or 1024x1024 image after sleeping (the GIL free, as
    while a GPU computes) twice as long as PNG-encoding and writing that image takes, which is
@@ -219,13 +221,15 @@ def cpu_times() -> tuple[float, float]:
     return (sum(fields) - idle) / ticks, sum(fields) / ticks
 
 
-def throughput(db: str, folder: Path, procs: int, jobs: int) -> Throughput:
+def throughput(db: str, folder: Path, procs: int, jobs: int, *, watching: bool = False) -> Throughput:
     """Claims + finishes per second of ``procs`` no-op worker processes, each on its own device:
     jobs over the time from the first start to the last finish, as the database recorded them.
-    On PostgreSQL, the sessions waiting for a lock are counted every 10 ms meanwhile."""
+    On PostgreSQL, the sessions waiting for a lock are counted every 10 ms meanwhile. The workers
+    are headless, as ``imgnb worker`` makes them, or ``watching`` every change as a notebook does."""
     with ImageQueue(db, start=False, images_dir=folder / "images") as q:
         q.submit_batch([{"prompt": f"job {i}"} for i in range(jobs)])
-        workers = [Worker(db, folder, "--noop", "--device", f"d{i}") for i in range(procs)]
+        watch = ["--watching"] if watching else []
+        workers = [Worker(db, folder, "--noop", "--device", f"d{i}", *watch) for i in range(procs)]
         done = threading.Event()
         waits: list[int] = []
         sampler = threading.Thread(target=sample_lock_waits, args=(db, done, waits), daemon=True)
@@ -421,6 +425,8 @@ def main() -> None:
             scale["postgresql"] = {
                 k: throughput(new_db(f"scale{k}"), tmp / f"pg-scale{k}", k, sizes.scale_jobs) for k in sizes.scale_procs
             }
+            most = sizes.scale_procs[-1]
+            watching = throughput(new_db("watching"), tmp / "pg-watching", most, sizes.scale_jobs, watching=True)
         wake["sqlite"] = wakeups(str(tmp / "wake.db"), tmp / "sqlite-wake", sizes.sqlite_wake_rounds)
         scale["sqlite"] = {
             k: throughput(str(tmp / f"scale{k}.db"), tmp / f"sqlite-scale{k}", k, sizes.scale_jobs)
@@ -452,6 +458,13 @@ def main() -> None:
             print(f"  {'  lock wait':10} " + " ".join(f"{row[k].lock_waits or 0:9.2f}" for k in sizes.scale_procs))
         print(f"  {'  CPU busy':10} " + " ".join(f"{row[k].cpu_busy:9.0%}" for k in sizes.scale_procs))
         print(f"  {'  CPU/job':10} " + " ".join(f"{row[k].cpu_per_job * 1000:7.2f}ms" for k in sizes.scale_procs))
+        if backend == "postgresql":
+            headless = row[most]
+            print(
+                f"  {most} workers that follow every change at once, as a notebook's queue does:"
+                f" {watching.per_second:.0f} jobs/s, CPU/job {watching.cpu_per_job * 1000:.2f} ms"
+                f" (headless: {headless.per_second:.0f} jobs/s, {headless.cpu_per_job * 1000:.2f} ms)"
+            )
     print("  (lock wait: sessions waiting for a lock, on average over the run; CPU busy: of the whole")
     print("   machine, every process and the database server together; CPU/job: its busy time per job)")
     print(f"\nidle gap of the device between generator calls (ms), {sizes.gap_jobs} jobs")

@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--device", default="d0")
     parser.add_argument("--noop", action="store_true")
     parser.add_argument("--poll", type=float, help="LeasePolicy.poll (default: the default policy's)")
+    parser.add_argument("--watching", action="store_true", help="follow every change at once, as a notebook does")
     args = parser.parse_args()
     image = Image.new("RGB", (1, 1))
 
@@ -60,7 +61,14 @@ def main() -> int:
         return [image]
 
     lease = LeasePolicy() if args.poll is None else LeasePolicy(poll=args.poll)
-    q = ImageQueue(args.db, generator={args.device: generator}, start=False, lease=lease, images_dir=args.images)
+    q = ImageQueue(
+        args.db,
+        generator={args.device: generator},
+        start=False,
+        lease=lease,
+        images_dir=args.images,
+        headless=not args.watching,
+    )
     say("ready")
     for line in sys.stdin:
         if line.strip() == "go":

@@ -17,6 +17,9 @@ NUMBER = r"\d+\.\d"
 WAKE = re.compile(rf"^  (sqlite|postgresql) +(submit -> start|state -> event|cancel -> stop) +p50 +{NUMBER}", re.M)
 SCALE = re.compile(r"^  (sqlite|postgresql) +(\d+) +(\d+)$", re.M)
 CPU = re.compile(r"^    CPU busy +(\d+%) +(\d+%)", re.M)
+WATCHING = re.compile(
+    rf"^  2 workers that follow every change at once.*: \d+ jobs/s, CPU/job {NUMBER}.* \(headless:", re.M
+)
 GAP = re.compile(rf"^ +(512|1024)x\d+ +gap p50 +{NUMBER} .* PNG encode \+ write +{NUMBER}", re.M)
 
 
@@ -28,6 +31,7 @@ def test_quick_scale_benchmark_prints_every_measure() -> None:
     }, out
     assert {b for b, _, _ in SCALE.findall(out)} == backends, out
     assert len(CPU.findall(out)) == len(backends), out  # the machine's CPU use beside each row
+    assert len(WATCHING.findall(out)) == ("postgresql" in backends), out  # and beside it, watching workers
     assert {size for size in GAP.findall(out)} == {"512", "1024"}, out
     assert re.search(rf"^overhead per job, no-op generator, SQLite \(300 jobs\): {NUMBER}", out, re.M), out
     assert re.search(rf"^  claim \+ PNG \+ finish by hand, one thread, alone: {NUMBER}.* \(queue x{NUMBER}", out, re.M)

@@ -23,6 +23,7 @@ from typing import IO, Any
 from unittest.mock import patch
 
 import pytest
+import sqlalchemy as sa
 
 from imgnb import ImageQueue, JobStatus
 from imgnb.cli.devices import check_devices, same_device
@@ -33,6 +34,7 @@ from imgnb.cli.status import snapshot
 from imgnb.cli.text import database_label, device_label, host_of
 from imgnb.cli.worklog import StartInfo, job_line, start_line, stop_line
 from imgnb.core.records import JobRecord, JobSpec
+from imgnb.store.notify import APPLICATION_NAME
 from imgnb.testing import FakeGenerator, MemoryStore
 from tests.fixtures.queues import wait_until
 
@@ -434,6 +436,8 @@ def test_worker_and_status_on_postgresql(
     worker.wait_for(lambda line: json.loads(line).get("job_id") == long.id)
     start = json.loads(worker.out[0])
     assert start["database"] == pg_db_url.replace("postgresql+psycopg", "postgresql+psycopg", 1)
+    # headless: the worker hears what may give it work, not the claims and finishes of others
+    wait_until(lambda: sorted(listens(pg_db_url)) == ["LISTEN imgnb", "LISTEN imgnb_work"])  # client's, worker's
     status = imgnb("status", pg_db_url, "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)
@@ -443,6 +447,13 @@ def test_worker_and_status_on_postgresql(
     assert worker.finish() == 0, worker.err
     wait_until(lambda: long.status is JobStatus.QUEUED)
     assert long.attempts == 0
+
+
+def listens(url: str) -> list[str]:
+    """The last statement of every listening session: what each one LISTENs on."""
+    with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as conn:
+        query = "SELECT query FROM pg_stat_activity WHERE application_name = :name"
+        return list(conn.execute(sa.text(query), {"name": APPLICATION_NAME}).scalars())
 
 
 def test_host_option_names_the_worker(

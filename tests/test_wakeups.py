@@ -64,6 +64,32 @@ def test_writes_of_other_stores_are_announced_and_own_writes_are_not(stores: Cal
     stop()
 
 
+@pytest.mark.postgres
+def test_a_work_only_listener_hears_what_may_give_work_and_not_claims_or_finishes(
+    stores: Callable[[], SQLStore],
+) -> None:
+    """What a headless worker listens to: every write except those that only take or settle work."""
+    listener, other = stores(), stores()
+    everything: list[int | None] = []
+    work: list[int | None] = []
+    stops = [listener.listen(everything.append), listener.listen(work.append, work_only=True)]
+    wait_until(lambda: listener_sessions(listener) == 2)
+    first, second = other.add([spec("first"), spec("second")], batch_keys=[None, None], now=NOW)
+    (claimed,) = other.claim(owner="w", device="host/gpu0", now=NOW, lease=60)
+    other.set_progress(claimed.id, owner="w", progress=0.5, now=NOW)
+    other.renew(owner="w", device="host/gpu0", job_ids=[claimed.id], now=NOW, lease=60)
+    finished = other.finish(claimed.id, owner="w", status=JobStatus.COMPLETE, now=NOW)
+    assert finished is not None
+    cancelled = other.cancel(second.id, now=NOW)
+    requeued = other.requeue(second.id, now=NOW)
+    moved = other.set_priority(second.id, 0, now=NOW)
+    wait_until(lambda: moved.revision in work and moved.revision in everything)  # both come in commit order
+    assert work == [first.revision, cancelled.revision, requeued.revision, moved.revision]
+    assert {claimed.revision, finished.revision} < set(everything) and len(everything) == 8
+    for stop in stops:
+        stop()
+
+
 def listener_sessions(store: SQLStore) -> int:
     with store.engine.connect() as conn:
         return int(
@@ -122,11 +148,14 @@ def listening(url: str, *queues: ImageQueue) -> None:
         wait_until(lambda: listener_sessions(queues[0].store) == len(queues))  # type: ignore[arg-type]
 
 
-def test_a_submit_wakes_an_idle_worker_and_a_watcher_at_once(db_url: str, make_queue: MakeQueue) -> None:
+@pytest.mark.parametrize("headless", [False, True], ids=["watching", "headless"])
+def test_a_submit_wakes_an_idle_worker_and_a_watcher_at_once(
+    db_url: str, make_queue: MakeQueue, headless: bool
+) -> None:
     """Within the test's wait, far below the 30 s poll: LISTEN/NOTIFY on PostgreSQL, SQLite's
-    data_version watched every 20 ms on SQLite."""
+    data_version watched every 20 ms on SQLite. A headless worker hears submits too."""
     gen = FakeGenerator()
-    worker = make_queue(db_url, generator=gen, lease=SLOW_POLL)
+    worker = make_queue(db_url, generator=gen, lease=SLOW_POLL, headless=headless)
     watcher = make_queue(db_url, lease=SLOW_POLL)
     client = make_queue(db_url, lease=SLOW_POLL)
     listening(db_url, worker, watcher, client)
@@ -136,9 +165,12 @@ def test_a_submit_wakes_an_idle_worker_and_a_watcher_at_once(db_url: str, make_q
     assert gen.calls == [job.id]
 
 
-def test_a_cancel_stops_a_job_running_in_another_queue_at_its_next_step(db_url: str, make_queue: MakeQueue) -> None:
+@pytest.mark.parametrize("headless", [False, True], ids=["watching", "headless"])
+def test_a_cancel_stops_a_job_running_in_another_queue_at_its_next_step(
+    db_url: str, make_queue: MakeQueue, headless: bool
+) -> None:
     gen = FakeGenerator(steps=3000, step_time=0.005)  # 15 s unless stopped
-    worker = make_queue(db_url, generator=gen, lease=SLOW_POLL)
+    worker = make_queue(db_url, generator=gen, lease=SLOW_POLL, headless=headless)
     client = make_queue(db_url, lease=SLOW_POLL)
     listening(db_url, worker, client)
     job = client.submit("long")

@@ -232,6 +232,7 @@ def _open_queue(
             batch_size=args.batch_size,
             images_dir=args.images_dir,
             start=False,
+            headless=True,
         )
     except ImgnbError as exc:
         raise StartFailed(one_line(str(exc))) from None

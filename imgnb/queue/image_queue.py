@@ -112,6 +112,12 @@ class ImageQueue:
     ``affinity`` (default 0: strict order) lets a worker whose device holds a model take a job for
     that model up to ``affinity`` places behind the head of the queue, at the head's priority, to
     save a reload; no job is passed over more than ``affinity`` times (see ``core.affinity``).
+
+    ``headless=True`` (the ``imgnb worker`` command): nothing in this process shows other
+    processes' jobs, so their claims and finishes are read at each poll rather than the moment
+    they are announced; a submit, cancel, edit or hand-back still wakes it at once (PostgreSQL;
+    SQLite cannot tell the writes apart and reads them all as they come). With 8 worker processes
+    those reads were half of each one's database thread (see the README's scaling table).
     """
 
     def __init__(
@@ -133,6 +139,7 @@ class ImageQueue:
         previews: bool = True,
         preview_interval: float = 0.25,
         keep: Retention | None = None,
+        headless: bool = False,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise QueueConfigError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1 (1: batching off)")
@@ -217,7 +224,7 @@ class ImageQueue:
         ]
         _OPEN.add(self)
         self._run_on_loop(self._start_background)
-        self._stop_listening = self.store.listen(self._announced)
+        self._stop_listening = self.store.listen(self._announced, work_only=bool(headless))
         if start:
             self.start()
 

@@ -150,12 +150,17 @@ class Store(ABC):
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> JobRecord:
         """Deep-merge ``patch`` into a job's metadata in one transaction (RFC 7396)."""
 
-    def listen(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
+    def listen(self, callback: Callable[[int | None], None], *, work_only: bool = False) -> Callable[[], None]:
         """Call ``callback(revision)`` soon after another process commits a write, with that
         write's revision (``None``: some may have been missed, as after a lost connection); returns
         ``stop``. The callback runs in a thread of the store's and must return at once (hand the
         work to a loop). Writes made through this store object are not announced: their caller
         has their records already.
+
+        ``work_only``: leave out, where the database can tell, the writes that only take or settle
+        work (claims, finishes, progress, lease renewals), which can neither give an idle worker a
+        job nor ask a running one to stop. A process that runs jobs and shows nothing needs no
+        more; with many workers those are nearly all the writes.
 
         Where the database cannot announce writes (SQLite, memory) this returns a ``stop`` that
         does nothing and the callback is never called: the queue polls, as it always also does.

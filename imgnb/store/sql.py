@@ -15,7 +15,9 @@ that saw revision N has seen every change up to N. How, per database:
   changed by a transaction that drew its revision earlier a new one). Writes that read then
   write a row lock it first (``FOR UPDATE``); rows are locked devices first, jobs by id, so two
   writers never deadlock. Each write announces its revision at commit (``NOTIFY imgnb``) for
-  listeners (``listen``).
+  listeners (``listen``), and again on ``imgnb_work`` unless it only took or settled work (a
+  claim, a finish, progress, a lease renewal): a headless worker listens there alone, and so
+  is not woken by the other workers' claims and finishes, two per job each.
 
 Every database failure leaves this class as a ``DatabaseError`` naming its cause (``_guarded``).
 A row imgnb cannot decode (written by something else, or by an older imgnb without limits) reads as
@@ -73,6 +75,7 @@ job_count = CountRow.__table__  # type: ignore[attr-defined]
 
 _PG_INIT_LOCK = 0x1AB9  # advisory lock: two processes creating the schema at once take turns
 _CHANNEL = "imgnb"  # PostgreSQL: every write transaction announces its revision here at commit
+_WORK_CHANNEL = "imgnb_work"  # and here, unless quiet: it may give a worker work or a running job a stop
 _IN_FLIGHT_KEYS = 0x1AB9 << 48  # PostgreSQL: advisory locks on keys + bound mark writes in flight
 
 # PostgreSQL: the revisions' sequence, and the trigger that keeps a row's revision growing
@@ -203,14 +206,22 @@ _CHANGED = (
     sa.select(job).where(job.c.revision > B("b_rev"), job.c.revision <= B("b_upto")).order_by(job.c.revision, job.c.id)
 )
 _GET_LOCKED = _GET.with_for_update()  # in a write that reads, then writes, the row
-# PostgreSQL: register as in flight (lower bound: the sequence's last value - 1), then draw, and
-# announce the revision at commit. OFFSET 0 keeps each step a subquery evaluated before the next.
-_PG_DRAW = sa.text(
-    "SELECT drawn.revision, pg_notify(:channel, drawn.revision::text) FROM ("
-    " SELECT nextval('imgnb_revision') AS revision FROM ("
-    "  SELECT pg_advisory_xact_lock_shared(:keys + last_value - 1) FROM imgnb_revision OFFSET 0"
-    " ) AS registered OFFSET 0) AS drawn"
-)
+
+
+def _pg_draw(*channels: str) -> sa.TextClause:
+    """PostgreSQL: register as in flight (lower bound: the sequence's last value - 1), then draw,
+    and announce the revision on ``channels`` at commit. OFFSET 0 keeps each step a subquery
+    evaluated before the next."""
+    announce = "".join(f", pg_notify('{channel}', drawn.revision::text)" for channel in channels)
+    return sa.text(
+        f"SELECT drawn.revision{announce} FROM ("
+        " SELECT nextval('imgnb_revision') AS revision FROM ("
+        "  SELECT pg_advisory_xact_lock_shared(:keys + last_value - 1) FROM imgnb_revision OFFSET 0"
+        " ) AS registered OFFSET 0) AS drawn"
+    )
+
+
+_PG_DRAW = {False: _pg_draw(_CHANNEL, _WORK_CHANNEL), True: _pg_draw(_CHANNEL)}  # by ``quiet``
 _PG_HANDED_OUT = sa.text(  # and whether the bookkeeping row is there, as SQLite's counter read tells
     "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS handed_out,"
     " EXISTS (SELECT 1 FROM imgnb_meta) AS kept FROM imgnb_revision"
@@ -675,12 +686,13 @@ class SQLStore(Store):
     # -- transactions ---------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[tuple[sa.Connection, int]]:
-        """One write transaction and its revision number; the counters row is locked first."""
+    def _write(self, *, quiet: bool = False) -> Iterator[tuple[sa.Connection, int]]:
+        """One write transaction and its revision number; the counters row is locked first.
+        ``quiet``: it only takes or settles work (see ``_bump``)."""
         if self.read_only:
             raise self._read_only_error()
         with self._guarded(), self._connection() as conn, conn.begin():
-            yield conn, self._bump(conn)
+            yield conn, self._bump(conn, quiet=quiet)
 
     @contextmanager
     def _connection(self) -> Iterator[sa.Connection]:
@@ -726,10 +738,12 @@ class SQLStore(Store):
             prepared = self._prepared[statement] = Prepared(statement, self.engine.dialect)
         return prepared
 
-    def _bump(self, conn: sa.Connection) -> int:
-        """This write transaction's revision: the first statement of every write."""
+    def _bump(self, conn: sa.Connection, *, quiet: bool = False) -> int:
+        """This write transaction's revision: the first statement of every write. On PostgreSQL it
+        is announced to every listener, and to the work-only ones too unless ``quiet``: a claim, a
+        finish, progress or a renewal can neither give another worker work nor stop its job."""
         if self.dialect == "postgresql":
-            drawn = self._fast(_PG_DRAW).rows(conn, {"channel": _CHANNEL, "keys": _IN_FLIGHT_KEYS})
+            drawn = self._fast(_PG_DRAW[quiet]).rows(conn, {"keys": _IN_FLIGHT_KEYS})
             return int(drawn[0]["revision"])
         rows = self._fast(_BUMP).rows(conn, {})
         if not rows:
@@ -988,7 +1002,7 @@ class SQLStore(Store):
                 conn.execute(insert(device_lock).values(name=device).on_conflict_do_nothing())
             self._devices.add(device)  # device rows are never deleted
         with self._guarded(), self._connection() as conn, conn.begin() as txn:
-            rev = self._bump(conn)
+            rev = self._bump(conn, quiet=True)
             served = None if serves is None else sorted(serves)
             args = {**_args(owner=owner, device=device, now=now, until=now + lease, rev=rev), **_served_args(served)}
             if not self._fast(_LOCK_DEVICE).rowcount(conn, args):
@@ -1032,7 +1046,7 @@ class SQLStore(Store):
         return claimed
 
     def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:
-        with self._write() as (conn, rev):
+        with self._write(quiet=True) as (conn, rev):
             conn.execute(
                 sa.update(device_lock)
                 .where(device_lock.c.name == device, device_lock.c.owner == owner)
@@ -1059,7 +1073,7 @@ class SQLStore(Store):
             )
 
     def set_progress(self, job_id: int, *, owner: str, progress: float, now: float) -> None:
-        with self._write() as (conn, rev):
+        with self._write(quiet=True) as (conn, rev):
             self._fast(_SET_PROGRESS).rowcount(conn, _args(id=job_id, owner=owner, progress=progress, now=now, rev=rev))
 
     def finish(
@@ -1086,7 +1100,7 @@ class SQLStore(Store):
             images=_dumps(list(images)),
             progress=1.0 if status is JobStatus.COMPLETE else None if final else 0.0,
         )
-        with self._write() as (conn, rev):
+        with self._write(quiet=status is not JobStatus.QUEUED) as (conn, rev):  # back in the queue: work
             rows = self._fast(_FINISH).rows(conn, {**args, "b_rev": rev})
             return _decode(job_id, rows[0])[0] if rows else None
 
@@ -1228,10 +1242,12 @@ class SQLStore(Store):
             assert updated is not None  # the row is locked by this transaction
             return updated
 
-    def listen(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
-        """PostgreSQL: a ``LISTEN`` session of its own (``notify.Listener``). An SQLite file: a
-        connection of its own that watches ``PRAGMA data_version`` (``notify.VersionWatcher``); it
-        hears this store's own writes too. An in-memory SQLite database has no other process."""
+    def listen(self, callback: Callable[[int | None], None], *, work_only: bool = False) -> Callable[[], None]:
+        """PostgreSQL: a ``LISTEN`` session of its own (``notify.Listener``), on the work channel
+        alone when ``work_only``. An SQLite file: a connection of its own that watches ``PRAGMA
+        data_version`` (``notify.VersionWatcher``); it hears this store's own writes too, and
+        every write even when ``work_only`` (a file's version cannot tell them apart). An
+        in-memory SQLite database has no other process."""
         cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
         if self.dialect == "sqlite":
             cparams = {**cparams, "check_same_thread": False}  # opened here, used in the watcher's thread
@@ -1241,12 +1257,13 @@ class SQLStore(Store):
 
         listener: Listener | VersionWatcher
         if self.dialect == "postgresql":
-            listener = Listener(connect, _CHANNEL, callback, ignore=self._own_backends)
+            channel = _WORK_CHANNEL if work_only else _CHANNEL
+            listener = Listener(connect, channel, callback, ignore=self._own_backends)
         elif self.url.database and self.url.database != ":memory:":
             revision_sql = str(_REVISION.compile(dialect=self.engine.dialect))
             listener = VersionWatcher(connect, revision_sql, callback)
         else:
-            return super().listen(callback)
+            return super().listen(callback, work_only=work_only)
         self._listeners.append(listener)
         return listener.stop
 
