@@ -32,7 +32,7 @@ from imgnb.gen.base import OnStep
 from imgnb.store import SQLStore
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
-from tests.fixtures.queues import back_to_schema_5, wait_until
+from tests.fixtures.queues import back_to_schema, wait_until
 from tests.test_store_contract import NOW, spec
 
 MakeQueue = Callable[..., ImageQueue]
@@ -384,7 +384,7 @@ def test_a_version_1_database_is_upgraded(db_url: str) -> None:
                 "CREATE FUNCTION imgnb_jsonb_merge(target jsonb, patch jsonb) RETURNS jsonb"
                 " LANGUAGE sql AS 'SELECT target || patch'"
             )
-        back_to_schema_5(conn)
+        back_to_schema(conn, 5)
         for column in ("model", "passed_over"):  # added by schema 3
             conn.exec_driver_sql(f"ALTER TABLE imgnb_job DROP COLUMN {column}")
         conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 1")

@@ -39,7 +39,7 @@ from imgnb.core.table import flatten, job_row
 from imgnb.store import SQLStore
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
-from tests.fixtures.queues import back_to_schema_5, finish_index_sql, wait_until
+from tests.fixtures.queues import back_to_schema, finish_index_sql, wait_until
 from tests.test_store_contract import NOW, spec
 
 MakeQueue = Callable[..., ImageQueue]
@@ -231,7 +231,7 @@ def test_a_version_5_database_keeps_moving_jobs_to_the_front(db_url: str) -> Non
     store.move(c.id, to=Place.FRONT, now=NOW)
     lowest = store.get(c.id).seq
     with store.engine.begin() as conn:
-        back_to_schema_5(conn)
+        back_to_schema(conn, 5)
         conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 5")
     store.close()
     upgraded = SQLStore(db_url)
@@ -257,7 +257,7 @@ def test_a_version_3_database_is_upgraded_with_its_counts(db_url: str) -> None:
     jobs = store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW)
     store.cancel(jobs[0].id, now=NOW)
     with store.engine.begin() as conn:  # back to schema 3: no counts table, triggers or history indexes
-        back_to_schema_5(conn)
+        back_to_schema(conn, 5)
         conn.exec_driver_sql("DROP TABLE imgnb_count")
         if store.dialect == "postgresql":
             conn.exec_driver_sql("DROP FUNCTION imgnb_count_rows() CASCADE")

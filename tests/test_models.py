@@ -40,7 +40,7 @@ from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
 from imgnb.widgets import JobCard, QueueBoard
 from tests.fixtures.pipelines import IGNORE_NUMPY_COPY
-from tests.fixtures.queues import back_to_schema_5, wait_until
+from tests.fixtures.queues import back_to_schema, wait_until
 from tests.test_widgets import comms, until, updates  # noqa: F401 (comms: the recording-comm fixture)
 
 MakeQueue = Callable[..., ImageQueue]
@@ -311,7 +311,7 @@ def test_a_version_2_database_is_upgraded(db_url: str, make_queue: MakeQueue) ->
     store = SQLStore(db_url)
     (old,) = store.add([spec], batch_keys=[None], now=1.0)
     with store.engine.begin() as conn:  # back to schema 2: no model, no passes
-        back_to_schema_5(conn)
+        back_to_schema(conn, 5)
         for column in ("model", "passed_over"):
             conn.exec_driver_sql(f"ALTER TABLE imgnb_job DROP COLUMN {column}")
         conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 2")

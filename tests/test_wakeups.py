@@ -21,7 +21,7 @@ from imgnb.store import SQLStore
 from imgnb.store.notify import APPLICATION_NAME
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator, MemoryStore
-from tests.fixtures.queues import back_to_schema_5, wait_until
+from tests.fixtures.queues import back_to_schema, wait_until
 from tests.test_store_contract import NOW, spec
 
 SLOW_POLL = LeasePolicy(lease=60.0, heartbeat=30.0, poll=30.0)  # nothing arrives by polling in a test's time
@@ -64,30 +64,43 @@ def test_writes_of_other_stores_are_announced_and_own_writes_are_not(stores: Cal
     stop()
 
 
-@pytest.mark.postgres
-def test_a_work_only_listener_hears_what_may_give_work_and_not_claims_or_finishes(
-    stores: Callable[[], SQLStore],
-) -> None:
-    """What a headless worker listens to: every write except those that only take or settle work."""
-    listener, other = stores(), stores()
+def test_a_work_only_listener_hears_what_may_give_work_and_not_claims_or_finishes(db_url: str) -> None:
+    """What a headless worker listens to: every write except those that only take or settle work
+    (PostgreSQL: a channel of their own; SQLite: the counter of the last work write). Each write
+    is waited for before the next: SQLite's watcher takes what came between two looks as one."""
+    listener, other = SQLStore(db_url), SQLStore(db_url)
     everything: list[int | None] = []
     work: list[int | None] = []
     stops = [listener.listen(everything.append), listener.listen(work.append, work_only=True)]
-    wait_until(lambda: listener_sessions(listener) == 2)
+    if listener.dialect == "postgresql":
+        wait_until(lambda: listener_sessions(listener) == 2)
+
+    def quiet(revision: int) -> None:
+        wait_until(lambda: revision in everything)
+
+    def for_work(revision: int) -> int:
+        wait_until(lambda: revision in work and revision in everything)
+        return revision
+
     first, second = other.add([spec("first"), spec("second")], batch_keys=[None, None], now=NOW)
+    for_work(first.revision)
     (claimed,) = other.claim(owner="w", device="host/gpu0", now=NOW, lease=60)
+    quiet(claimed.revision)
     other.set_progress(claimed.id, owner="w", progress=0.5, now=NOW)
+    quiet(other.get(claimed.id).revision)
     other.renew(owner="w", device="host/gpu0", job_ids=[claimed.id], now=NOW, lease=60)
+    quiet(other.get(claimed.id).revision)
     finished = other.finish(claimed.id, owner="w", status=JobStatus.COMPLETE, now=NOW)
     assert finished is not None
-    cancelled = other.cancel(second.id, now=NOW)
-    requeued = other.requeue(second.id, now=NOW)
-    moved = other.set_priority(second.id, 0, now=NOW)
-    wait_until(lambda: moved.revision in work and moved.revision in everything)  # both come in commit order
-    assert work == [first.revision, cancelled.revision, requeued.revision, moved.revision]
-    assert {claimed.revision, finished.revision} < set(everything) and len(everything) == 8
+    quiet(finished.revision)
+    edits = [for_work(other.cancel(second.id, now=NOW).revision), for_work(other.requeue(second.id, now=NOW).revision)]
+    edits.append(for_work(other.set_priority(second.id, 0, now=NOW).revision))
+    assert work == [first.revision, *edits]
+    assert {claimed.revision, finished.revision} < set(everything)
     for stop in stops:
         stop()
+    listener.close()
+    other.close()
 
 
 def listener_sessions(store: SQLStore) -> int:
@@ -233,7 +246,7 @@ def test_a_database_from_before_the_sequence_counts_on_from_its_counter(pg_db_ur
     store = SQLStore(pg_db_url)
     (job,) = store.add([spec()], batch_keys=[None], now=NOW)
     with store.engine.begin() as conn:  # back to schema 4: revisions from the counter row
-        back_to_schema_5(conn)
+        back_to_schema(conn, 5)
         conn.exec_driver_sql("DROP TRIGGER imgnb_job_restamp ON imgnb_job")
         conn.exec_driver_sql("DROP FUNCTION imgnb_job_restamp()")
         conn.exec_driver_sql("DROP SEQUENCE imgnb_revision")
@@ -247,6 +260,30 @@ def test_a_database_from_before_the_sequence_counts_on_from_its_counter(pg_db_ur
         assert upgraded.changes_since(0) == (41, [upgraded.get(job.id)])
         cancelled = upgraded.cancel(job.id, now=NOW)
         assert cancelled.revision == 42 and upgraded.changes_since(41) == (42, [cancelled])
+    finally:
+        upgraded.close()
+
+
+def test_a_version_6_database_gets_the_work_counter_of_headless_workers(db_url: str) -> None:
+    store = SQLStore(db_url)
+    store.add([spec()], batch_keys=[None], now=NOW)
+    with store.engine.begin() as conn:
+        back_to_schema(conn, 6)
+        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 6")
+    store.close()
+    upgraded = SQLStore(db_url)
+    try:
+        meta = "SELECT schema_version, revision, work_revision FROM imgnb_meta"
+        with upgraded.engine.connect() as conn:
+            version, revision, work_revision = conn.exec_driver_sql(meta).one()
+        assert version == SCHEMA_VERSION and work_revision == revision  # no work write is missed
+        (claimed,) = upgraded.claim(owner="w", device="host/gpu0", now=NOW, lease=60)
+        cancelled = upgraded.cancel(claimed.id, now=NOW)
+        upgraded.renew(owner="w", device="host/gpu0", job_ids=[claimed.id], now=NOW, lease=60)
+        with upgraded.engine.connect() as conn:
+            assert conn.exec_driver_sql(meta).one()[2] == (
+                cancelled.revision if upgraded.dialect == "sqlite" else revision
+            )
     finally:
         upgraded.close()
 

@@ -115,9 +115,9 @@ class ImageQueue:
 
     ``headless=True`` (the ``imgnb worker`` command): nothing in this process shows other
     processes' jobs, so their claims and finishes are read at each poll rather than the moment
-    they are announced; a submit, cancel, edit or hand-back still wakes it at once (PostgreSQL;
-    SQLite cannot tell the writes apart and reads them all as they come). With 8 worker processes
-    those reads were half of each one's database thread (see the README's scaling table).
+    they are announced; a submit, cancel, edit or hand-back still wakes it at once. Each worker
+    process reading every other's two writes per job made 8 of them slower than 1 (see the
+    README's scaling table). Events about other processes' jobs come up to a poll late.
     """
 
     def __init__(

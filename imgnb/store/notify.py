@@ -110,9 +110,10 @@ class Listener(_Announcer):
 
 class VersionWatcher(_Announcer):
     """SQLite's ``PRAGMA data_version``, looked at every ``interval`` seconds on a ``sqlite3``
-    connection of its own; ``revision_sql`` reads the revision once it changed. Writes of the
-    store's own connections are heard too (SQLite cannot tell them apart): the callback's caller
-    drops the revisions it knows.
+    connection of its own; once it changed, ``revision_sql`` reads a revision, and the callback
+    gets it when it moved too (a work-only watcher reads the last work write's, which most
+    commits leave alone). Writes of the store's own connections are heard too (SQLite cannot
+    tell them apart): the callback's caller drops the revisions it knows.
 
     The first session is opened before the constructor returns, so every write committed after
     it is heard (a session opened later by the thread might miss the writes just before it)."""
@@ -127,10 +128,10 @@ class VersionWatcher(_Announcer):
     ) -> None:
         self._revision_sql = revision_sql
         self._interval = interval
-        self._first: tuple[sqlite3.Connection, int] | None = None
+        self._first: tuple[sqlite3.Connection, int, int | None] | None = None
         try:
             conn = connect()
-            self._first = (conn, conn.execute("PRAGMA data_version").fetchone()[0])
+            self._first = (conn, conn.execute("PRAGMA data_version").fetchone()[0], self._read(conn))
         except Exception as exc:  # the thread tries again, and then calls back None
             log.info("imgnb: cannot watch the SQLite file for other processes' writes yet (%s)", exc)
         super().__init__(connect, callback)
@@ -139,10 +140,10 @@ class VersionWatcher(_Announcer):
         first, self._first = self._first, None
         if first is None:
             conn = self._connect()
-            seen = conn.execute("PRAGMA data_version").fetchone()[0]
+            seen, revision = conn.execute("PRAGMA data_version").fetchone()[0], self._read(conn)
             missed = True  # writes just before this session opened went unheard
         else:
-            conn, seen = first
+            conn, seen, revision = first
         try:
             self.connected.set()
             if missed:
@@ -150,12 +151,15 @@ class VersionWatcher(_Announcer):
             while not self._stopped.wait(self._interval):
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != seen:
-                    seen = version
-                    row = conn.execute(self._revision_sql).fetchone()
-                    if not self._stopped.is_set():
-                        self._callback(int(row[0]) if row is not None else None)
+                    seen, last, revision = version, revision, self._read(conn)
+                    if (revision != last or revision is None) and not self._stopped.is_set():
+                        self._callback(revision)
         finally:
             conn.close()
+
+    def _read(self, conn: sqlite3.Connection) -> int | None:
+        row = conn.execute(self._revision_sql).fetchone()
+        return int(row[0]) if row is not None else None
 
 
 def _revision(payload: str) -> int | None:

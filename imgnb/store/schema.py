@@ -31,7 +31,7 @@ __all__ = [
 # 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: model, passed_over; 4: counts, history indexes;
 # 5: PostgreSQL revisions from a sequence; 6: the lowest run-order number is a counter, not an index,
 # and the finish-time index holds finished jobs only
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class MetaRow(SQLModel, table=True):
@@ -44,6 +44,9 @@ class MetaRow(SQLModel, table=True):
     revision: int = 0  # bumped by every write transaction on SQLite (PostgreSQL: the sequence imgnb_revision)
     next_seq: int = 0  # the run-order number the next submitted job gets
     low_seq: int = 0  # no stored job's number is below it: a job moved to the front gets the ones under it
+    # SQLite: the revision of the last write that may give a worker work (not a claim, finish,
+    # progress or renewal: see SQLStore._bump), which headless workers watch (PostgreSQL: a channel)
+    work_revision: int = 0
 
 
 FINISHED = sa.text("finished_at IS NOT NULL")  # the jobs ``imgnb_job_finished`` holds

@@ -159,6 +159,13 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
         )
         for dialect in ("postgresql", "sqlite")
     },
+    6: {  # SQLite: the last write that may give a worker work, for headless workers (see _bump)
+        dialect: (
+            "ALTER TABLE imgnb_meta ADD COLUMN work_revision INTEGER NOT NULL DEFAULT 0",
+            "UPDATE imgnb_meta SET work_revision = revision",
+        )
+        for dialect in ("postgresql", "sqlite")
+    },
 }
 
 # Hot-path statements are built once, with bound parameters: building a statement with many
@@ -197,10 +204,16 @@ def _newest_finished(statuses: Collection[str], group: str | None, *columns: Any
     return query.order_by(*_NEWEST_FINISHED)
 
 
-_BUMP = sa.update(counters).values(revision=counters.c.revision + 1).returning(counters.c.revision)
+_BUMP = {  # SQLite, by ``quiet``: a write that may give a worker work says so in work_revision
+    quiet: sa.update(counters)
+    .values(revision=counters.c.revision + 1, **({} if quiet else {"work_revision": counters.c.revision + 1}))
+    .returning(counters.c.revision)
+    for quiet in (False, True)
+}
 _TAKE_SEQ = sa.update(counters).values(next_seq=counters.c.next_seq + B("b_n")).returning(counters.c.next_seq)
 _TAKE_LOW_SEQ = sa.update(counters).values(low_seq=counters.c.low_seq - B("b_n")).returning(counters.c.low_seq)
 _REVISION = sa.select(counters.c.revision)
+_WORK_REVISION = sa.select(counters.c.work_revision)
 _GET = sa.select(job).where(job.c.id == B("b_id"))
 _CHANGED = (
     sa.select(job).where(job.c.revision > B("b_rev"), job.c.revision <= B("b_upto")).order_by(job.c.revision, job.c.id)
@@ -627,7 +640,9 @@ class SQLStore(Store):
                 for statement in (COUNT_ROWS, *COUNT_TRIGGERS[self.dialect]):
                     conn.exec_driver_sql(statement)
                 conn.execute(
-                    sa.insert(counters).values(id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0, low_seq=0)
+                    sa.insert(counters).values(
+                        id=1, schema_version=SCHEMA_VERSION, revision=0, next_seq=0, low_seq=0, work_revision=0
+                    )
                 )
                 if self.dialect == "postgresql":
                     for statement in _PG_REVISIONS:
@@ -739,13 +754,14 @@ class SQLStore(Store):
         return prepared
 
     def _bump(self, conn: sa.Connection, *, quiet: bool = False) -> int:
-        """This write transaction's revision: the first statement of every write. On PostgreSQL it
-        is announced to every listener, and to the work-only ones too unless ``quiet``: a claim, a
-        finish, progress or a renewal can neither give another worker work nor stop its job."""
+        """This write transaction's revision: the first statement of every write. Unless ``quiet``
+        it is also a work write, for work-only listeners (PostgreSQL: announced on the work channel
+        too; SQLite: kept as ``work_revision``): a claim, a finish, progress or a renewal can
+        neither give another worker work nor stop its job."""
         if self.dialect == "postgresql":
             drawn = self._fast(_PG_DRAW[quiet]).rows(conn, {"keys": _IN_FLIGHT_KEYS})
             return int(drawn[0]["revision"])
-        rows = self._fast(_BUMP).rows(conn, {})
+        rows = self._fast(_BUMP[quiet]).rows(conn, {})
         if not rows:
             raise self._damaged()
         return int(rows[0]["revision"])
@@ -1245,9 +1261,9 @@ class SQLStore(Store):
     def listen(self, callback: Callable[[int | None], None], *, work_only: bool = False) -> Callable[[], None]:
         """PostgreSQL: a ``LISTEN`` session of its own (``notify.Listener``), on the work channel
         alone when ``work_only``. An SQLite file: a connection of its own that watches ``PRAGMA
-        data_version`` (``notify.VersionWatcher``); it hears this store's own writes too, and
-        every write even when ``work_only`` (a file's version cannot tell them apart). An
-        in-memory SQLite database has no other process."""
+        data_version`` (``notify.VersionWatcher``) and reads the revision, or ``work_revision``,
+        when it moves; it hears this store's own writes too. An in-memory SQLite database has no
+        other process."""
         cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
         if self.dialect == "sqlite":
             cparams = {**cparams, "check_same_thread": False}  # opened here, used in the watcher's thread
@@ -1260,7 +1276,7 @@ class SQLStore(Store):
             channel = _WORK_CHANNEL if work_only else _CHANNEL
             listener = Listener(connect, channel, callback, ignore=self._own_backends)
         elif self.url.database and self.url.database != ":memory:":
-            revision_sql = str(_REVISION.compile(dialect=self.engine.dialect))
+            revision_sql = str((_WORK_REVISION if work_only else _REVISION).compile(dialect=self.engine.dialect))
             listener = VersionWatcher(connect, revision_sql, callback)
         else:
             return super().listen(callback, work_only=work_only)
