@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from imgnb import ImageQueue, JobStatus, LeasePolicy
+from imgnb.core.records import JobRecord
 from imgnb.store import SQLStore
 from imgnb.store.notify import APPLICATION_NAME
 from imgnb.store.schema import SCHEMA_VERSION
@@ -190,6 +191,28 @@ def test_a_cancel_stops_a_job_running_in_another_queue_at_its_next_step(
     wait_until(lambda: worker.step_of(job.id) is not None)
     client.cancel(job.id)
     wait_until(lambda: job.status is JobStatus.CANCELLED, timeout=5)  # not the 15 s run, nor a 30 s heartbeat
+
+
+class CountingReads(SQLStore):
+    """An SQLStore that counts the watcher's reads of other processes' changes."""
+
+    reads = 0
+
+    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
+        self.reads += 1
+        return super().changes_since(revision)
+
+
+def test_a_headless_queue_reads_unannounced_changes_at_its_heartbeat_not_each_poll(
+    db_url: str, make_queue: MakeQueue
+) -> None:
+    """What it must hear is announced; the look at every poll was a third of an idle worker's CPU."""
+    lease = LeasePolicy(lease=60.0, heartbeat=30.0, poll=0.02)
+    watching, headless = CountingReads(db_url), CountingReads(db_url)
+    make_queue(db_url, store=watching, lease=lease)
+    make_queue(db_url, store=headless, lease=lease, headless=True)
+    wait_until(lambda: watching.reads >= 20)  # 20 polls of the watching queue
+    assert headless.reads <= 1  # its first look, at start
 
 
 def blocked_writers(url: str) -> int:

@@ -114,10 +114,10 @@ class ImageQueue:
     save a reload; no job is passed over more than ``affinity`` times (see ``core.affinity``).
 
     ``headless=True`` (the ``imgnb worker`` command): nothing in this process shows other
-    processes' jobs, so their claims and finishes are read at each poll rather than the moment
-    they are announced; a submit, cancel, edit or hand-back still wakes it at once. Each worker
-    process reading every other's two writes per job made 8 of them slower than 1 (see the
-    README's scaling table). Events about other processes' jobs come up to a poll late.
+    processes' jobs, so their claims and finishes are not read as they are announced but at each
+    lease heartbeat (5 s by default); a submit, cancel, edit or hand-back still wakes it at once.
+    Each worker process reading every other's two writes per job made 8 of them slower than 1
+    (see the README's scaling table). Events about other processes' jobs come that much later.
     """
 
     def __init__(
@@ -192,6 +192,10 @@ class ImageQueue:
         self._catch_up_scheduled = False
         self._retry = _CATCH_UP_RETRY / 2  # the watcher's next quick look (doubled before use)
         self._reads: collections.deque[float] = collections.deque(maxlen=_CATCH_UP_BURST)  # when it read last
+        # how often the watcher reads unannounced: headless, what it must hear is announced, and a
+        # lost session is caught up when it is opened again (see Store.listen); the look at each
+        # poll was a third of an idle worker's CPU
+        self._follow_every = self.lease_policy.heartbeat if headless else self.lease_policy.poll
         self._tasks: list[asyncio.Task[None]] = []
         self._next_recovery = 0.0  # monotonic time of the next look for stalled jobs
         context = WorkerContext(
@@ -847,7 +851,7 @@ class ImageQueue:
             timeout = self._retry
         else:
             self._retry = _CATCH_UP_RETRY / 2
-            timeout = self.lease_policy.poll
+            timeout = self._follow_every
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
         if len(self._reads) == _CATCH_UP_BURST:
