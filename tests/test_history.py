@@ -4,6 +4,7 @@ waiting jobs, through ``ImageQueue`` on SQLite and PostgreSQL, plus the pure rul
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from imgnb.core.table import flatten, job_row
 from imgnb.store import SQLStore
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
-from tests.fixtures.queues import back_to_schema, finish_index_sql, wait_until
+from tests.fixtures.queues import back_to_schema, index_sql, wait_until
 from tests.test_store_contract import NOW, spec
 
 MakeQueue = Callable[..., ImageQueue]
@@ -242,12 +243,41 @@ def test_a_version_5_database_keeps_moving_jobs_to_the_front(db_url: str) -> Non
                 lowest,
             )
             assert "imgnb_job_seq" not in {ix["name"] for ix in sa.inspect(conn).get_indexes("imgnb_job")}
-            assert "finished_at IS NOT NULL" in finish_index_sql(conn)  # of finished jobs only
+            assert "finished_at IS NOT NULL" in index_sql(conn, "imgnb_job_finished")  # of finished jobs only
         upgraded.move(b.id, to=Place.FRONT, now=NOW)
         assert [r.id for r in upgraded.list_jobs(status=S.QUEUED)] == [b.id, c.id, a.id]
         assert upgraded.get(b.id).seq < lowest
         upgraded.cancel(a.id, now=NOW + 1)
         assert [r.id for r in upgraded.recently_finished(limit=1)] == [a.id]
+    finally:
+        upgraded.close()
+
+
+def test_a_version_7_database_gets_a_run_order_index_of_queued_jobs_only(db_url: str) -> None:
+    """Schema 8: a finish never touches the run-order index, and a claim, cancel or retry changes
+    one entry of it, not two. The claim and the queued list still walk it in run order."""
+    store = SQLStore(db_url)
+    a, b, c = store.add([spec("a"), spec("b", priority=2), spec("c")], batch_keys=[None] * 3, now=NOW)
+    with store.engine.begin() as conn:
+        back_to_schema(conn, 7)
+        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 7")
+    store.close()
+    upgraded = SQLStore(db_url)
+    try:
+        with upgraded.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == SCHEMA_VERSION
+            declared = index_sql(conn, "imgnb_job_run_order")
+            assert re.search(r"WHERE \(*status\)?(::text)? = 'queued'", declared), declared
+            if upgraded.dialect == "sqlite":  # the claim's head comes from the index, without a sort
+                head = "SELECT id FROM imgnb_job WHERE status = 'queued' ORDER BY priority DESC, seq LIMIT 1"
+                plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {head}"))
+                assert "imgnb_job_run_order" in plan and "TEMP B-TREE" not in plan, plan
+        assert [r.id for r in upgraded.list_jobs(status=S.QUEUED)] == [b.id, a.id, c.id]
+        (first,) = upgraded.claim(owner="w", device="host/gpu0", now=NOW, lease=60)
+        assert first.id == b.id
+        upgraded.finish(first.id, owner="w", status=S.ERROR, now=NOW, error="boom")
+        upgraded.requeue_failed(group=None, now=NOW)
+        assert [r.id for r in upgraded.list_jobs(status=S.QUEUED)] == [b.id, a.id, c.id]
     finally:
         upgraded.close()
 

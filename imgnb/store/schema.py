@@ -31,7 +31,7 @@ __all__ = [
 # 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: model, passed_over; 4: counts, history indexes;
 # 5: PostgreSQL revisions from a sequence; 6: the lowest run-order number is a counter, not an index,
 # and the finish-time index holds finished jobs only
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class MetaRow(SQLModel, table=True):
@@ -50,13 +50,22 @@ class MetaRow(SQLModel, table=True):
 
 
 FINISHED = sa.text("finished_at IS NOT NULL")  # the jobs ``imgnb_job_finished`` holds
+QUEUED_ONLY = "status = 'queued'"  # the jobs ``imgnb_job_run_order`` holds (a query must say it literally)
 
 
 class JobRow(SQLModel, table=True):
     __tablename__ = "imgnb_job"
     __table_args__ = (
-        # the claim and the queued listing walk this index in run order
-        sa.Index("imgnb_job_run_order", "status", *(sa.text(f"{n} DESC") if d else n for n, d in RUN_ORDER)),
+        # the claim and the queued listing walk this index in run order. Of queued jobs only, so that
+        # a finish never touches it and a claim, a cancel or a retry changes one entry, not two;
+        # status leads all the same: without it SQLite's planner chose the status index and a sort
+        sa.Index(
+            "imgnb_job_run_order",
+            "status",
+            *(sa.text(f"{n} DESC") if d else n for n, d in RUN_ORDER),
+            sqlite_where=sa.text(QUEUED_ONLY),
+            postgresql_where=sa.text(QUEUED_ONLY),
+        ),
         sa.Index("imgnb_job_revision", "revision"),
         sa.Index("imgnb_job_group", "group_name"),
         # a page of one status by id, newest or oldest first, reads the page and not the table

@@ -58,6 +58,7 @@ from .prepared import Prepared, Row
 from .schema import (
     COUNT_ROWS,
     COUNT_TRIGGERS,
+    QUEUED_ONLY,
     SCHEMA_VERSION,
     SQLITE_STATUS_TRIGGER,
     CountRow,
@@ -166,6 +167,10 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
         )
         for dialect in ("postgresql", "sqlite")
     },
+    7: {  # the run-order index holds queued jobs only (see schema.JobRow)
+        dialect: ("DROP INDEX IF EXISTS imgnb_job_run_order", _create_index("imgnb_job_run_order", dialect))
+        for dialect in ("postgresql", "sqlite")
+    },
 }
 
 # Hot-path statements are built once, with bound parameters: building a statement with many
@@ -178,6 +183,10 @@ def _args(**values: Any) -> dict[str, Any]:
 
 
 _QUEUED = JobStatus.QUEUED.value
+# queued, said literally: the planners use the partial run-order index only for the very words of
+# its condition, never for a bound parameter
+_IS_QUEUED = job.c.status == sa.literal_column(f"'{_QUEUED}'")
+assert str(_IS_QUEUED.compile(compile_kwargs={"literal_binds": True})).endswith(QUEUED_ONLY)
 _PROCESSING = JobStatus.PROCESSING.value
 _RUN_ORDER = tuple(job.c[name].desc() if descending else job.c[name].asc() for name, descending in RUN_ORDER)
 _LAST_TO_RUN_FIRST = tuple(job.c[name].asc() if descending else job.c[name].desc() for name, descending in RUN_ORDER)
@@ -303,7 +312,7 @@ _RUNNING = {
 def _eligible(served: int | None) -> sa.ColumnElement[bool]:
     """Queued, and for a device that runs ``served`` named models, with no model or one of them,
     bound as ``b_m0``, ``b_m1``... (not an expanding list: the claim runs prepared, see ``Prepared``)."""
-    queued: sa.ColumnElement[bool] = job.c.status == _QUEUED
+    queued: sa.ColumnElement[bool] = _IS_QUEUED
     if served is None:
         return queued
     names: list[sa.BindParameter[str]] = [B(f"b_m{i}") for i in range(served)]
@@ -345,7 +354,7 @@ def _window(served: int | None) -> sa.Select[Any]:
     )
 
 
-_CLAIM_ID = sa.update(job).where(job.c.id == B("b_id"), job.c.status == _QUEUED).values(**_RUNNING).returning(*job.c)
+_CLAIM_ID = sa.update(job).where(job.c.id == B("b_id"), _IS_QUEUED).values(**_RUNNING).returning(*job.c)
 _PASS_OVER = (  # not a change others need to see: the revision stays
     sa.update(job).where(job.c.id.in_(B("b_ids", expanding=True))).values(passed_over=job.c.passed_over + 1)
 )
@@ -354,7 +363,7 @@ _CLAIM_MATES = (
     .where(
         job.c.id.in_(
             sa.select(job.c.id)
-            .where(job.c.status == _QUEUED, job.c.batch_key == B("b_key"), job.c.attempts == 0)
+            .where(_IS_QUEUED, job.c.batch_key == B("b_key"), job.c.attempts == 0)
             .order_by(*_RUN_ORDER)
             .limit(B("b_n"))
             .with_for_update(skip_locked=True)
@@ -962,8 +971,11 @@ class SQLStore(Store):
         newest_first: bool = False,
     ) -> list[JobRecord]:
         query = sa.select(job)
-        if status is not None:
-            query = query.where(job.c.status == JobStatus(status).value)
+        status = None if status is None else JobStatus(status)
+        if status is JobStatus.QUEUED:
+            query = query.where(_IS_QUEUED)
+        elif status is not None:
+            query = query.where(job.c.status == status.value)
         if group is not None:
             query = query.where(job.c.group_name == validate_group(group))
         if status is JobStatus.QUEUED:
@@ -985,9 +997,7 @@ class SQLStore(Store):
     def queued_snapshot(self) -> tuple[int, list[tuple[int, OrderKey]]]:
         with self._read() as conn:
             revision = self._revision(conn)
-            rows = conn.execute(
-                sa.select(job.c.id, *(job.c[name] for name, _ in RUN_ORDER)).where(job.c.status == _QUEUED)
-            )
+            rows = conn.execute(sa.select(job.c.id, *(job.c[name] for name, _ in RUN_ORDER)).where(_IS_QUEUED))
             return revision, [(r.id, order_key(**r._mapping)) for r in rows]
 
     def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
