@@ -268,13 +268,18 @@ def test_a_version_7_database_gets_a_run_order_index_of_queued_jobs_only(db_url:
             assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == SCHEMA_VERSION
             declared = index_sql(conn, "imgnb_job_run_order")
             assert re.search(r"WHERE \(*status\)?(::text)? = 'queued'", declared), declared
-            if upgraded.dialect == "sqlite":  # the claim's head comes from the index, without a sort
-                head = "SELECT id FROM imgnb_job WHERE status = 'queued' ORDER BY priority DESC, seq LIMIT 1"
-                plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {head}"))
-                assert "imgnb_job_run_order" in plan and "TEMP B-TREE" not in plan, plan
+        statements: list[str] = []  # SQLite: what the claim ran (its values in place, as the trace shows them)
+        if upgraded.dialect == "sqlite":
+            sa.event.listen(upgraded.engine, "connect", lambda dbapi, _: dbapi.set_trace_callback(statements.append))
+            upgraded.engine.dispose()  # the next write opens a traced connection
         assert [r.id for r in upgraded.list_jobs(status=S.QUEUED)] == [b.id, a.id, c.id]
         (first,) = upgraded.claim(owner="w", device="host/gpu0", now=NOW, lease=60)
         assert first.id == b.id
+        for statement in (s for s in statements if "ORDER BY" in s):  # the claim's head: from the index, unsorted
+            with upgraded.engine.connect() as conn:
+                plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}"))
+            assert "imgnb_job_run_order" in plan and "TEMP B-TREE" not in plan, (statement, plan)
+        assert upgraded.dialect != "sqlite" or any("ORDER BY" in s for s in statements), statements
         upgraded.finish(first.id, owner="w", status=S.ERROR, now=NOW, error="boom")
         upgraded.requeue_failed(group=None, now=NOW)
         assert [r.id for r in upgraded.list_jobs(status=S.QUEUED)] == [b.id, a.id, c.id]

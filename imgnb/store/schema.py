@@ -30,7 +30,8 @@ __all__ = [
 
 # 2: JSON columns are text on PostgreSQL too (they were JSONB); 3: model, passed_over; 4: counts, history indexes;
 # 5: PostgreSQL revisions from a sequence; 6: the lowest run-order number is a counter, not an index,
-# and the finish-time index holds finished jobs only
+# and the finish-time index holds finished jobs only; 7: the work counter of SQLite's headless workers;
+# 8: the run-order index holds queued jobs only
 SCHEMA_VERSION = 8
 
 
@@ -50,7 +51,8 @@ class MetaRow(SQLModel, table=True):
 
 
 FINISHED = sa.text("finished_at IS NOT NULL")  # the jobs ``imgnb_job_finished`` holds
-QUEUED_ONLY = "status = 'queued'"  # the jobs ``imgnb_job_run_order`` holds (a query must say it literally)
+# the jobs ``imgnb_job_run_order`` holds; a query must state it, not bind it (see SQLStore's _IS_QUEUED)
+QUEUED_ONLY = f"status = '{JobStatus.QUEUED.value}'"
 
 
 class JobRow(SQLModel, table=True):
