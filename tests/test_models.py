@@ -29,7 +29,6 @@ from imgnb import (
     JobEvent,
     JobFailed,
     JobStatus,
-    LeasePolicy,
     QueueConfigError,
     UnsupportedPipeline,
     tiny_pipeline,
@@ -338,12 +337,7 @@ def test_a_version_2_database_is_upgraded(db_url: str, make_queue: MakeQueue) ->
 
 @pytest.mark.parametrize(("affinity", "loads"), [(0, 6), (8, 2)])
 def test_affinity_saves_model_loads(make_queue: MakeQueue, db_path: str, affinity: int, loads: int) -> None:
-    # a lease the test cannot lose: under the whole suite's load the tests' 1 s lease once ran out,
-    # the job ran again and loaded its model a seventh time
-    steady = LeasePolicy(lease=30.0, heartbeat=0.2, poll=0.02)
-    q = make_queue(
-        db_path, models={"a": Loader(), "b": Loader()}, devices=["dev"], affinity=affinity, start=False, lease=steady
-    )
+    q = make_queue(db_path, models={"a": Loader(), "b": Loader()}, devices=["dev"], affinity=affinity, start=False)
     jobs = [q.submit(f"job {i}", model="ab"[i % 2]) for i in range(6)]
     q.start()
     for job in jobs:

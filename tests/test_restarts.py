@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +17,10 @@ import torch
 
 from imgnb import ImageQueue, JobStatus, LeasePolicy
 from imgnb.core.owners import Owner, dead_on_host
-from imgnb.core.records import JobSpec
+from imgnb.core.records import JobRecord, JobSpec
 from imgnb.gen import tiny_pipeline
 from imgnb.queue.processes import alive, new_owner
+from imgnb.store import SQLStore
 from imgnb.testing import FakeGenerator, MemoryStore
 from tests.fixtures.queues import wait_until
 
@@ -108,3 +110,36 @@ def test_close_during_a_run_logs_nothing_spurious(
 
 def _spec(prompt: str) -> JobSpec:
     return JobSpec(prompt=prompt, params={}, seed=1, priority=1, group=None, timeout=None, max_retries=3, metadata={})
+
+
+class StallsOnce(SQLStore):
+    """An SQLStore whose next read of other processes' changes, once ``stall`` is set, holds the
+    database thread for ``seconds``: as a long garbage collection or a slow disk would."""
+
+    def __init__(self, db: str, seconds: float) -> None:
+        super().__init__(db)
+        self.seconds = seconds
+        self.stall = threading.Event()
+
+    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
+        if self.stall.is_set():
+            self.stall.clear()
+            time.sleep(self.seconds)  # the stall itself, not a wait for anything
+        return super().changes_since(revision)
+
+
+def test_a_queue_that_stalled_longer_than_its_lease_does_not_take_back_its_own_running_job(
+    make_queue: MakeQueue, db_path: str
+) -> None:
+    """After a stall, the look for stalled jobs and the job's heartbeat are both due: the queue
+    renews what it holds first. Before, its own look could find the lease run out, put the job back
+    and drop the outcome of the run still going, so the job ran twice."""
+    lease = LeasePolicy(lease=1.0, heartbeat=0.2, poll=0.02)
+    store = StallsOnce(db_path, seconds=2.0)
+    gen = FakeGenerator(steps=300, step_time=0.01)
+    q = make_queue(db_path, store=store, generator=gen, lease=lease)
+    job = q.submit("long")
+    wait_until(lambda: q.step_of(job.id) is not None)
+    store.stall.set()
+    assert job.result(timeout=30)
+    assert gen.calls == [job.id] and job.attempts == 1

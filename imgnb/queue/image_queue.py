@@ -889,6 +889,8 @@ class ImageQueue:
         # due retries are promoted by the workers, just before they claim (see DeviceWorker._claim)
         if self._started and not self._closed and time.monotonic() >= self._next_recovery:
             self._next_recovery = time.monotonic() + self.lease_policy.heartbeat
+            for worker in self._workers:  # its own leases first: they may have run out in a stall
+                await worker.renew()
             recovered = await self._db(self.store.recover_stalled, now=time.time())
             recovered += await self._db(self._recover_dead_owners)
             if recovered:

@@ -323,6 +323,14 @@ class DeviceWorker:
             self._stores.add(task)
             task.add_done_callback(self._stores.discard)
 
+    async def renew(self) -> None:
+        """Renew this worker's leases now, if it holds anything. The watcher calls it just before it
+        looks for stalled jobs: after a stall of the loop or the database thread longer than the
+        lease (a long garbage collection, a slow disk), both are due, and the look must not find
+        the leases of the jobs still running here run out."""
+        if self._holding or self.runs or self._storing:
+            await self._beat(time.time())
+
     async def _beat(self, now: float) -> None:
         """Renew the leases of the device and of every job this worker holds, running or being
         stored; a job whose cancellation another process asked for is told to stop."""
