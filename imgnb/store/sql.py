@@ -970,16 +970,14 @@ class SQLStore(Store):
     ) -> list[JobRecord]:
         query = sa.select(job)
         status = None if status is None else JobStatus(status)
-        if status is JobStatus.QUEUED:
-            query = query.where(_IS_QUEUED)
-        elif status is not None:
-            query = query.where(job.c.status == status.value)
+        if status is JobStatus.QUEUED:  # in run order, from the run-order index
+            query = query.where(_IS_QUEUED).order_by(*(_LAST_TO_RUN_FIRST if newest_first else _RUN_ORDER))
+        else:
+            if status is not None:
+                query = query.where(job.c.status == status.value)
+            query = query.order_by(job.c.id.desc() if newest_first else job.c.id)
         if group is not None:
             query = query.where(job.c.group_name == validate_group(group))
-        if status is JobStatus.QUEUED:
-            query = query.order_by(*(_LAST_TO_RUN_FIRST if newest_first else _RUN_ORDER))
-        else:
-            query = query.order_by(job.c.id.desc() if newest_first else job.c.id)
         if limit is not None or offset:
             query = query.limit(limit).offset(offset)
         with self._read() as conn:
