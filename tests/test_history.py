@@ -40,7 +40,7 @@ from imgnb.core.table import flatten, job_row
 from imgnb.store import SQLStore
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator
-from tests.fixtures.queues import back_to_schema, index_sql, wait_until
+from tests.fixtures.queues import back_to_schema, index_sql, reopened_at_schema, wait_until
 from tests.test_store_contract import NOW, spec
 
 MakeQueue = Callable[..., ImageQueue]
@@ -231,11 +231,7 @@ def test_a_version_5_database_keeps_moving_jobs_to_the_front(db_url: str) -> Non
     a, b, c = store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW)
     store.move(c.id, to=Place.FRONT, now=NOW)
     lowest = store.get(c.id).seq
-    with store.engine.begin() as conn:
-        back_to_schema(conn, 5)
-        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 5")
-    store.close()
-    upgraded = SQLStore(db_url)
+    upgraded = reopened_at_schema(store, 5)
     try:
         with upgraded.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT schema_version, low_seq FROM imgnb_meta").one() == (
@@ -258,11 +254,7 @@ def test_a_version_7_database_gets_a_run_order_index_of_queued_jobs_only(db_url:
     one entry of it, not two. The claim and the queued list still walk it in run order."""
     store = SQLStore(db_url)
     a, b, c = store.add([spec("a"), spec("b", priority=2), spec("c")], batch_keys=[None] * 3, now=NOW)
-    with store.engine.begin() as conn:
-        back_to_schema(conn, 7)
-        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 7")
-    store.close()
-    upgraded = SQLStore(db_url)
+    upgraded = reopened_at_schema(store, 7)
     try:
         with upgraded.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT schema_version FROM imgnb_meta").scalar() == SCHEMA_VERSION

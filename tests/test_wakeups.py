@@ -22,7 +22,7 @@ from imgnb.store import SQLStore
 from imgnb.store.notify import APPLICATION_NAME
 from imgnb.store.schema import SCHEMA_VERSION
 from imgnb.testing import FakeGenerator, MemoryStore
-from tests.fixtures.queues import back_to_schema, wait_until
+from tests.fixtures.queues import back_to_schema, reopened_at_schema, wait_until
 from tests.test_store_contract import NOW, spec
 
 SLOW_POLL = LeasePolicy(lease=60.0, heartbeat=30.0, poll=30.0)  # nothing arrives by polling in a test's time
@@ -290,11 +290,7 @@ def test_a_database_from_before_the_sequence_counts_on_from_its_counter(pg_db_ur
 def test_a_version_6_database_gets_the_work_counter_of_headless_workers(db_url: str) -> None:
     store = SQLStore(db_url)
     store.add([spec()], batch_keys=[None], now=NOW)
-    with store.engine.begin() as conn:
-        back_to_schema(conn, 6)
-        conn.exec_driver_sql("UPDATE imgnb_meta SET schema_version = 6")
-    store.close()
-    upgraded = SQLStore(db_url)
+    upgraded = reopened_at_schema(store, 6)
     try:
         meta = "SELECT schema_version, revision, work_revision FROM imgnb_meta"
         with upgraded.engine.connect() as conn:
