@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 import imgnb.queue.worker as worker_module
 from imgnb import GenerationRequest, ImageQueue, JobStatus
-from imgnb.core.records import EventKind, JobEvent
+from imgnb.core.records import EventKind, JobEvent, JobRecord
+from imgnb.gen.base import OnStep
 from imgnb.queue.worker import MAX_STORING
 from imgnb.testing import FakeGenerator
 from tests.fixtures.queues import wait_until
@@ -125,6 +128,47 @@ def test_a_writer_that_falls_behind_holds_the_device(
     for job in jobs:
         job.result(timeout=10)
     assert gen.calls == [j.id for j in jobs]
+
+
+class Pairs:
+    """A batching generator: the jobs of one call share a batch key."""
+
+    def batch_key(self, request: GenerationRequest) -> str:
+        return "pair"
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], on_step: OnStep) -> list[list[Image.Image]]:
+        on_step(1, 1)
+        return [[Image.new("RGB", (8, 8))] for _ in requests]
+
+    def __call__(self, request: GenerationRequest, on_step: OnStep) -> list[Image.Image]:
+        return self.generate_batch([request], on_step)[0]
+
+
+def test_the_writer_writes_the_next_images_while_the_last_job_is_being_stored(
+    make_queue: MakeQueue, db_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = make_queue(db_path, generator=Pairs(), batch_size=2, start=False)
+    first, second = q.submit_batch([{"prompt": "first"}, {"prompt": "second"}])
+    finish = q.store.finish
+    seen: list[bool] = []
+
+    def once_the_next_is_written(job_id: int, **outcome: Any) -> JobRecord | None:
+        """The first job's finish waits (up to 5 s) for the second job's image to be on disk."""
+        if job_id == first.id:
+            deadline = time.monotonic() + 5
+            while not (written := bool(list((tmp_path / "images").glob(f"job{second.id:06d}_*.png")))):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            seen.append(written)
+        return finish(job_id, **outcome)
+
+    monkeypatch.setattr(q.store, "finish", once_the_next_is_written)
+    q.start()
+    for job in (first, second):
+        job.result(timeout=20)
+    assert first.batch is not None and first.batch == second.batch  # one generator call made both
+    assert seen == [True]  # the writer did not wait for the first job's finish
 
 
 def test_a_worker_killed_between_writing_and_storing_loses_nothing(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -463,6 +465,49 @@ async def test_inside_a_running_loop_like_a_kernel(make_queue: MakeQueue, db_pat
         await asyncio.sleep(0.01)
         await tick()
     assert ticks > 5  # the loop stayed responsive while the job ran in its thread
+
+
+A_LATER_CELL_BLOCKS = """
+import asyncio, sys
+from imgnb import ImageQueue
+from imgnb.testing import FakeGenerator
+
+async def kernel():
+    q = ImageQueue(sys.argv[1], generator=FakeGenerator())
+    await asyncio.sleep(0)  # a later cell: the loop has turned since the queue was made
+    job = q.submit("p")
+    loop = asyncio.get_running_loop()
+    ran, done = [], loop.create_future()
+
+    def cell():
+        job.result(timeout=10)  # a blocking wait: the loop is nested
+        done.set_result(None)
+
+    loop.call_soon(cell)
+    for i in range(100):  # ready in the same turn of the loop as the cell
+        loop.call_soon(ran.append, i)
+    await done
+    q.close()
+    print(ran == list(range(100)))
+
+asyncio.run(kernel())
+"""
+
+
+def test_a_blocking_wait_while_other_callbacks_are_ready_keeps_the_loop_running(tmp_path: Path) -> None:
+    """The loop is made reentrant when the queue is made on it, not at the first blocking wait:
+    patched in the middle of a turn, the turn that nests it would find the callbacks it counted
+    gone (run by the nested loop) and stop the kernel's loop with IndexError. In a fresh process:
+    the patch, once made, holds for every loop of the process."""
+    done = subprocess.run(
+        [sys.executable, "-c", A_LATER_CELL_BLOCKS, str(tmp_path / "q.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"  # each callback ran once
 
 
 async def test_cancelling_a_waiting_cell_keeps_the_job(make_queue: MakeQueue, db_path: str) -> None:

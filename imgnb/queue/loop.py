@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from ..errors import QueueClosed
 
-__all__ = ["DaemonExecutor", "QueueLoop", "keep_running"]
+__all__ = ["DaemonExecutor", "QueueLoop", "flattened", "keep_running"]
 
 log = logging.getLogger("imgnb")
 
@@ -43,6 +43,13 @@ class QueueLoop:
             self._thread = threading.Thread(target=self._run, args=(ready,), name="imgnb-loop", daemon=True)
             self._thread.start()
             ready.wait()
+        else:
+            # made reentrant for ``wait`` now, not at the first blocking wait: patched in the middle
+            # of a turn, the turn that nests it would find the callbacks it had counted run by the
+            # nested loop, and stop the kernel's loop with IndexError (nest_asyncio issue #11)
+            import nest_asyncio2
+
+            nest_asyncio2.apply(self.loop)
         self.thread_id = self._thread.ident if self._thread else threading.get_ident()
         self._inbox: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
         self._drain_due = False  # a drain is scheduled and has not begun: a new call needs no wake-up
@@ -113,14 +120,13 @@ class QueueLoop:
 
         On the kernel's own loop (a notebook cell) a plain block would freeze the very loop that
         must resolve the future, so the loop is nested (nest-asyncio2) and keeps turning: other
-        jobs, widgets and events go on while the cell waits.
+        jobs, widgets and events go on while the cell waits. A wait in the very turn of the loop
+        that made the queue (the same cell, no ``await`` between) nests a turn that began before
+        the loop was made reentrant; the later cells are safe.
         """
         if future.done():
             return True
-        if self.on_loop_thread() and not self.owns_thread:
-            import nest_asyncio2
-
-            nest_asyncio2.apply(self.loop)
+        if self.on_loop_thread() and not self.owns_thread:  # made reentrant in __init__
             waiter = asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
             try:
                 self.loop.run_until_complete(waiter)
@@ -143,6 +149,26 @@ class QueueLoop:
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
                 self.loop.close()
+
+
+def flattened(outer: concurrent.futures.Future[concurrent.futures.Future[T]]) -> concurrent.futures.Future[T]:
+    """The outcome of the future that ``outer`` resolves to, as one future. A thread that hands
+    its call's last part on to another thread (the writer, a finish to the database thread)
+    returns at once instead of waiting for it, and whoever waits for the whole is woken once."""
+    whole: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def copy(done: concurrent.futures.Future[Any]) -> None:
+        if done.cancelled():
+            whole.cancel()
+        elif (error := done.exception()) is not None:
+            whole.set_exception(error)
+        elif done is outer:
+            done.result().add_done_callback(copy)
+        else:
+            whole.set_result(done.result())
+
+    outer.add_done_callback(copy)
+    return whole
 
 
 async def keep_running(step: Callable[[], Awaitable[object]], *, name: str, retry_after: float = 1.0) -> None:

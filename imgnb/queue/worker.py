@@ -41,7 +41,7 @@ from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
 from ..gen.base import BatchGenerator
 from ..store import Store
 from .files import save_images
-from .loop import DaemonExecutor, keep_running
+from .loop import DaemonExecutor, flattened, keep_running
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -345,15 +345,18 @@ class DeviceWorker:
 
     async def _store(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
         """Have each job's images written, then the job stored as complete, by the writer thread
-        (``_write_and_finish``): complete means its files are on disk. A write that fails (a full
-        disk) fails the job like a generator error; a database failure leaves the job to its
-        lease, like a dead worker's."""
-        for run, images in made:
+        (``_write_and_finish``): complete means its files are on disk. All of a call's jobs go to
+        the writer at once: it writes the next one's images while the last one is being stored.
+        A write that fails (a full disk) fails the job like a generator error; a database
+        failure leaves the job to its lease, like a dead worker's."""
+        try:
+            stores = [
+                (run, flattened(self._writer.submit(self._write_and_finish, run, images))) for run, images in made
+            ]
+        except RuntimeError:  # shut down by close(), which hands the jobs back itself
+            return
+        for run, stored in stores:
             try:
-                try:
-                    stored = self._writer.submit(self._write_and_finish, run, images)
-                except RuntimeError:  # shut down by close(), which hands the job back itself
-                    return
                 try:
                     await self._stored(run, await self.ctx.wrap(stored))
                 except (QueueClosed, concurrent.futures.CancelledError):
@@ -365,19 +368,18 @@ class DeviceWorker:
             finally:
                 self._storing.pop(run.record.id, None)
 
-    def _write_and_finish(self, run: _Run, images: Sequence[Image]) -> JobRecord | None:
+    def _write_and_finish(self, run: _Run, images: Sequence[Image]) -> concurrent.futures.Future[JobRecord | None]:
         """In the writer thread, once the device is busy again (or idle): write the image files,
-        then store the job as complete through the database thread, without a stop on the loop."""
+        then hand the job to the database thread to be stored as complete, without a stop on the
+        loop. The writer does not wait for that: it goes on with the next job's images meanwhile
+        (waiting, it spent a finish's time idle for every job it wrote)."""
         self._write_ok.wait(WRITE_HOLD)
         try:
             paths = save_images(self.ctx.images_dir, run.record.request(), images)
         except Exception as exc:
             raise _WriteFailed(exc) from exc
         run.settled = True
-        stored: JobRecord | None = self.ctx.db_soon(
-            self.ctx.store.finish, run.record.id, **self._outcome(run, paths, None)
-        ).result()
-        return stored
+        return self.ctx.db_soon(self.ctx.store.finish, run.record.id, **self._outcome(run, paths, None))
 
     def _loading_changed(self, job_ids: list[int], load: ModelLoad | None) -> None:
         """On the loop: a model load for these jobs began (``load``) or ended; their deadlines wait
