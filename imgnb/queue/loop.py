@@ -98,14 +98,8 @@ class QueueLoop:
         waiter: asyncio.Future[T] = self.loop.create_future()
 
         def copy(done: concurrent.futures.Future[T]) -> None:
-            if waiter.done():
-                return
-            if done.cancelled():
-                waiter.cancel()
-            elif (error := done.exception()) is not None:
-                waiter.set_exception(error)
-            else:
-                waiter.set_result(done.result())
+            if not waiter.done():
+                _copy_outcome(done, waiter)
 
         def cancelled(w: asyncio.Future[T]) -> None:
             if w.cancelled():
@@ -158,17 +152,25 @@ def flattened(outer: concurrent.futures.Future[concurrent.futures.Future[T]]) ->
     whole: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def copy(done: concurrent.futures.Future[Any]) -> None:
-        if done.cancelled():
-            whole.cancel()
-        elif (error := done.exception()) is not None:
-            whole.set_exception(error)
-        elif done is outer:
+        if done is outer and not done.cancelled() and done.exception() is None:
             done.result().add_done_callback(copy)
         else:
-            whole.set_result(done.result())
+            _copy_outcome(done, whole)
 
     outer.add_done_callback(copy)
     return whole
+
+
+def _copy_outcome(
+    done: concurrent.futures.Future[Any], into: asyncio.Future[Any] | concurrent.futures.Future[Any]
+) -> None:
+    """Give ``into`` what ``done`` ended with: its result, its error or its cancellation."""
+    if done.cancelled():
+        into.cancel()
+    elif (error := done.exception()) is not None:
+        into.set_exception(error)
+    else:
+        into.set_result(done.result())
 
 
 async def keep_running(step: Callable[[], Awaitable[object]], *, name: str, retry_after: float = 1.0) -> None:
