@@ -208,6 +208,28 @@ def test_unsubscribe_stops_events(make_queue: MakeQueue, db_path: str) -> None:
     assert len(seen) == 1
 
 
+def test_a_subscriber_may_edit_the_queue_from_inside_an_edit_it_is_told_of(make_queue: MakeQueue, db_path: str) -> None:
+    """On the queue's loop (a notebook's kernel), an edit tells its subscribers at once, while it
+    still keeps the watcher from reading its rows back; a subscriber's own edit must not wait for
+    that edit to end, which waits for the subscriber."""
+    q = make_queue(db_path, start=False)
+    first, second = q.submit("first"), q.submit("second")
+    followed: list[int] = []
+
+    def on_event(event: JobEvent) -> None:
+        if event.kind is not EventKind.STATUS or event.status is not JobStatus.CANCELLED:
+            return
+        if event.job_id == first.id:
+            q.cancel(second.id)  # on the loop: its subscribers are told inside this call
+        elif event.job_id == second.id:
+            followed.append(q.submit("after both").id)
+
+    q.subscribe(on_event)
+    q.cancel(first.id)
+    wait_until(lambda: len(followed) == 1)
+    assert q.get(followed[0]).status is JobStatus.QUEUED and second.status is JobStatus.CANCELLED
+
+
 def test_a_failed_job_does_not_stop_the_queue(make_queue: MakeQueue, db_path: str) -> None:
     q = make_queue(db_path, generator=FakeGenerator())
     bad = q.submit("please fail", max_retries=0)

@@ -178,10 +178,11 @@ class ImageQueue:
         self._loop = QueueLoop()
         self._bus = EventBus()
         self._db_executor = DaemonExecutor("imgnb-db")
-        # held while a submit is stored and the mirror advanced past it, and while the watcher reads
-        # other processes' changes: the watcher never reads this process's new rows back (a read
-        # between the commit and the advance decoded all 100,000 rows of a batch again, measured here)
-        self._submitting = threading.Lock()
+        # held while a write of this process is made and the mirror advanced past it from what the
+        # write returned, and while the watcher reads other processes' changes: the watcher never
+        # reads this process's rows back. A read between the commit and the advance decoded all
+        # 100,000 rows of a batch or a bulk retry again, 2-3 s on the database thread, measured here.
+        self._writing = threading.RLock()  # a subscriber called back inside a write may write too
         self._closed = False
         self._started = False
         self._paused = False
@@ -425,7 +426,7 @@ class ImageQueue:
     def _add(self, specs: list[JobSpec]) -> list[Job]:
         self._check_open()
         keys = [self._key_of(spec) for spec in specs]
-        with self._submitting, no_collections():  # see gc_hold: 100,000 jobs of a submit_batch
+        with self._writing, no_collections():  # see gc_hold: 100,000 jobs of a submit_batch
             added = self.store.add(specs, batch_keys=keys, now=time.time())
             change = added.change()
             self._publish_bulk(change)  # inside: the watcher must not read back what this knows
@@ -485,20 +486,23 @@ class ImageQueue:
 
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> Job:
         """Deep-merge ``patch`` into the job's metadata, atomically (safe across processes)."""
-        record = self.store.update_metadata(job_id, validate_patch(patch))
-        self._publish_written([record])
+        with self._writing:
+            record = self.store.update_metadata(job_id, validate_patch(patch))
+            self._publish_written([record])
         return self._handle(record)
 
     def cancel(self, job_id: int) -> None:
         """Cancel a job: at once if waiting, at its next step if running (here or elsewhere)."""
-        record = self.store.cancel(job_id, now=time.time())
-        self._publish_written([record])
+        with self._writing:
+            record = self.store.cancel(job_id, now=time.time())
+            self._publish_written([record])
 
     def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in the queue, at the end of its priority."""
         self._check_open()
-        record = self.store.requeue(job_id, now=time.time())
-        self._publish_written([record])
+        with self._writing:
+            record = self.store.requeue(job_id, now=time.time())
+            self._publish_written([record])
         self._wake()
         return self._handle(record)
 
@@ -604,8 +608,9 @@ class ImageQueue:
         the end of that priority's queue. ``IllegalTransition`` for a job that does not wait."""
         level = parse_priority(priority)
         self._check_open()
-        record = self.store.set_priority(job_id, int(level), now=time.time())
-        self._publish_written([record])
+        with self._writing:
+            record = self.store.set_priority(job_id, int(level), now=time.time())
+            self._publish_written([record])
         return self._handle(record)
 
     def move(self, job_id: int, *, to: str | None = None, before: Job | int | None = None) -> Job:
@@ -624,8 +629,9 @@ class ImageQueue:
         else:
             where = before.id if isinstance(before, Job) else before  # type: ignore[assignment]
         self._check_open()
-        records = self.store.move(job_id, to=where, now=time.time())
-        self._publish_written(records)
+        with self._writing:
+            records = self.store.move(job_id, to=where, now=time.time())
+            self._publish_written(records)
         mine = [r for r in records if r.id == job_id]
         return self._handle(mine[0]) if mine else self.get(job_id)
 
@@ -637,8 +643,9 @@ class ImageQueue:
             raise invalid("status", status, "None (queued and pending), 'queued' or 'pending'")
         statuses = EDITABLE_STATUSES if wanted is None else frozenset({wanted})
         self._check_open()
-        change = self.store.cancel_all(statuses=statuses, group=group, now=time.time())
-        self._publish_bulk(change)
+        with self._writing:
+            change = self.store.cancel_all(statuses=statuses, group=group, now=time.time())
+            self._publish_bulk(change)
         return len(change.ids)
 
     def retry_failed(self, *, group: str | None = None) -> list[Job]:
@@ -646,8 +653,9 @@ class ImageQueue:
         end of its priority, in their old order; returns their handles (each one's record is read
         from the database when first asked for: its status and position are known at once)."""
         self._check_open()
-        change = self.store.requeue_failed(group=group, now=time.time())
-        self._publish_bulk(change)
+        with self._writing:
+            change = self.store.requeue_failed(group=group, now=time.time())
+            self._publish_bulk(change)
         self._wake()
         states = self._mirror.bulk_states(change, self._read_state)
         with no_collections():  # see gc_hold: 100,000 handles
@@ -863,12 +871,12 @@ class ImageQueue:
     def _changes(self) -> tuple[int, list[JobRecord]] | None:
         """In the database thread: the changes since the mirror's revision, or None while a submit
         of this process is being stored (its rows are this process's own: they are not read back)."""
-        if not self._submitting.acquire(blocking=False):
+        if not self._writing.acquire(blocking=False):
             return None
         try:
             return self.store.changes_since(self._mirror.revision)
         finally:
-            self._submitting.release()
+            self._writing.release()
 
     async def _watch(self) -> None:
         await keep_running(self._watch_once, name="watcher")
