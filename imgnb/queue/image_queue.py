@@ -879,7 +879,16 @@ class ImageQueue:
             self._writing.release()
 
     async def _watch(self) -> None:
-        await keep_running(self._watch_once, name="watcher")
+        try:
+            await keep_running(self._watch_once, name="watcher")
+        except asyncio.CancelledError:
+            # close() cancels it after it marks the queue closed; anything else that cancels it is
+            # the borrowed loop shutting down (``asyncio.run`` cancels every task as it ends): the
+            # queue can run nothing more, so it closes now, handing its running jobs back, rather
+            # than leaving its threads polling the database for the rest of the process
+            if not self._closed:
+                self.close()
+            raise
 
     async def _watch_once(self) -> None:
         """Follow other processes' changes; recover stalled jobs."""

@@ -46,10 +46,15 @@ class QueueLoop:
         else:
             # made reentrant for ``wait`` now, not at the first blocking wait: patched in the middle
             # of a turn, the turn that nests it would find the callbacks it had counted run by the
-            # nested loop, and stop the kernel's loop with IndexError (nest_asyncio issue #11)
+            # nested loop, and stop the kernel's loop with IndexError (nest_asyncio issue #11).
+            # apply() also replaces ``asyncio.run`` for the whole process with one that keeps its
+            # loop open and leaves its tasks running (a script's queues and threads piled up, one
+            # more each run); that is not ours to change, so the caller's ``asyncio.run`` is put back.
             import nest_asyncio2
 
+            run = asyncio.run
             nest_asyncio2.apply(self.loop)
+            asyncio.run = run
         self.thread_id = self._thread.ident if self._thread else threading.get_ident()
         self._inbox: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
         self._drain_due = False  # a drain is scheduled and has not begun: a new call needs no wake-up
