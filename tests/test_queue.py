@@ -230,6 +230,29 @@ def test_a_subscriber_may_edit_the_queue_from_inside_an_edit_it_is_told_of(make_
     assert q.get(followed[0]).status is JobStatus.QUEUED and second.status is JobStatus.CANCELLED
 
 
+def test_a_step_is_known_at_once_even_while_the_loop_is_busy(make_queue: MakeQueue, db_path: str) -> None:
+    """``step_of`` answers from the generation thread's report, not after a turn of the loop: a
+    queue with no subscriber (a headless worker) does not hand each step to its loop."""
+    loop_busy, loop_free = threading.Event(), threading.Event()
+    seen: list[tuple[int, int] | None] = []
+    made: list[ImageQueue] = []
+
+    def generator(request: Any, on_step: Callable[..., None]) -> list[Image.Image]:
+        made[0].loop.call(lambda: (loop_busy.set(), loop_free.wait(10)))
+        assert loop_busy.wait(10), "the loop never took the blocking call"
+        try:
+            on_step(1, 3)
+            seen.append(made[0].step_of(request.job_id))
+        finally:
+            loop_free.set()
+        return [Image.new("RGB", (8, 8))]
+
+    made.append(make_queue(db_path, generator=generator))
+    job = made[0].submit("one")
+    assert job.result(timeout=10)
+    assert seen == [(1, 3)]
+
+
 def test_a_failed_job_does_not_stop_the_queue(make_queue: MakeQueue, db_path: str) -> None:
     q = make_queue(db_path, generator=FakeGenerator())
     bad = q.submit("please fail", max_retries=0)

@@ -75,7 +75,7 @@ class WorkerContext:
     db: RunInDb  # run a store call in the queue's database thread; raises QueueClosed once closed
     db_soon: Callable[..., concurrent.futures.Future[Any]]  # the same, from any thread, without waiting
     publish: Callable[[list[JobRecord]], None]  # records that one write of this process returned
-    report_step: Callable[[list[int], int, int, dict[int, Image]], None]  # a step (and previews), on the loop
+    report_step: Callable[[list[int], int, int, dict[int, Image]], None]  # a step (and previews), from its thread
     call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
     wrap: Callable[[concurrent.futures.Future[T]], asyncio.Future[T]]  # asyncio.wrap_future, through call_on_loop
     may_claim: Callable[[], bool]  # started and not paused (read in the database thread)
@@ -473,7 +473,7 @@ class DeviceWorker:
             for i in live:
                 runs[i].step = (step, total)
             shown = {i: image for i, image in zip(ids, previews, strict=True) if i in live} if previews else {}
-            ctx.call_on_loop(ctx.report_step, live, step, total, shown)
+            ctx.report_step(live, step, total, shown)
 
         requests = [r.request() for r in records]
         model = records[0].model  # a batch's jobs share their model: their batch key names it
