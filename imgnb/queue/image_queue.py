@@ -486,23 +486,17 @@ class ImageQueue:
 
     def update_metadata(self, job_id: int, patch: Mapping[str, Any]) -> Job:
         """Deep-merge ``patch`` into the job's metadata, atomically (safe across processes)."""
-        with self._writing:
-            record = self.store.update_metadata(job_id, validate_patch(patch))
-            self._publish_written([record])
+        (record,) = self._edit(self.store.update_metadata, job_id, validate_patch(patch))
         return self._handle(record)
 
     def cancel(self, job_id: int) -> None:
         """Cancel a job: at once if waiting, at its next step if running (here or elsewhere)."""
-        with self._writing:
-            record = self.store.cancel(job_id, now=time.time())
-            self._publish_written([record])
+        self._edit(self.store.cancel, job_id, now=time.time())
 
     def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in the queue, at the end of its priority."""
         self._check_open()
-        with self._writing:
-            record = self.store.requeue(job_id, now=time.time())
-            self._publish_written([record])
+        (record,) = self._edit(self.store.requeue, job_id, now=time.time())
         self._wake()
         return self._handle(record)
 
@@ -608,9 +602,7 @@ class ImageQueue:
         the end of that priority's queue. ``IllegalTransition`` for a job that does not wait."""
         level = parse_priority(priority)
         self._check_open()
-        with self._writing:
-            record = self.store.set_priority(job_id, int(level), now=time.time())
-            self._publish_written([record])
+        (record,) = self._edit(self.store.set_priority, job_id, int(level), now=time.time())
         return self._handle(record)
 
     def move(self, job_id: int, *, to: str | None = None, before: Job | int | None = None) -> Job:
@@ -629,9 +621,7 @@ class ImageQueue:
         else:
             where = before.id if isinstance(before, Job) else before  # type: ignore[assignment]
         self._check_open()
-        with self._writing:
-            records = self.store.move(job_id, to=where, now=time.time())
-            self._publish_written(records)
+        records = self._edit(self.store.move, job_id, to=where, now=time.time())
         mine = [r for r in records if r.id == job_id]
         return self._handle(mine[0]) if mine else self.get(job_id)
 
@@ -643,9 +633,7 @@ class ImageQueue:
             raise invalid("status", status, "None (queued and pending), 'queued' or 'pending'")
         statuses = EDITABLE_STATUSES if wanted is None else frozenset({wanted})
         self._check_open()
-        with self._writing:
-            change = self.store.cancel_all(statuses=statuses, group=group, now=time.time())
-            self._publish_bulk(change)
+        change = self._bulk_edit(self.store.cancel_all, statuses=statuses, group=group, now=time.time())
         return len(change.ids)
 
     def retry_failed(self, *, group: str | None = None) -> list[Job]:
@@ -653,9 +641,7 @@ class ImageQueue:
         end of its priority, in their old order; returns their handles (each one's record is read
         from the database when first asked for: its status and position are known at once)."""
         self._check_open()
-        with self._writing:
-            change = self.store.requeue_failed(group=group, now=time.time())
-            self._publish_bulk(change)
+        change = self._bulk_edit(self.store.requeue_failed, group=group, now=time.time())
         self._wake()
         states = self._mirror.bulk_states(change, self._read_state)
         with no_collections():  # see gc_hold: 100,000 handles
@@ -715,6 +701,22 @@ class ImageQueue:
             self._mirror.state(added.record_of(state.job_id))
         else:
             self._read_state(state)
+
+    def _edit(self, write: Callable[..., JobRecord | list[JobRecord]], *args: Any, **kwargs: Any) -> list[JobRecord]:
+        """``write(*args, **kwargs)``, a store write that returns what it changed, and the mirror
+        brought past it, inside ``_writing``: the watcher never reads these rows back."""
+        with self._writing:
+            written = write(*args, **kwargs)
+            records = written if isinstance(written, list) else [written]
+            self._publish_written(records)
+        return records
+
+    def _bulk_edit(self, write: Callable[..., BulkChange], **kwargs: Any) -> BulkChange:
+        """``_edit`` for a write made alike to many jobs (a bulk cancel or retry)."""
+        with self._writing:
+            change = write(**kwargs)
+            self._publish_bulk(change)
+        return change
 
     def _publish_bulk(self, change: BulkChange) -> None:
         """What one bulk write of this process changed: the mirror need not read it back."""
@@ -876,8 +878,8 @@ class ImageQueue:
         self._changed.clear()
 
     def _changes(self) -> tuple[int, list[JobRecord]] | None:
-        """In the database thread: the changes since the mirror's revision, or None while a submit
-        of this process is being stored (its rows are this process's own: they are not read back)."""
+        """In the database thread: the changes since the mirror's revision, or None while a write
+        of this process is being made (its rows are this process's own: they are not read back)."""
         if not self._writing.acquire(blocking=False):
             return None
         try:
