@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from imgnb.queue.loop import QueueLoop, flattened
+from imgnb.queue.loop import QueueLoop, flattened, until_set
 
 
 @pytest.fixture
@@ -156,3 +156,31 @@ def test_calls_after_the_loop_closed_are_dropped(queue_loop: QueueLoop) -> None:
     queue_loop.stop()
     assert queue_loop.loop.is_closed()
     queue_loop.call(print, "never")  # no error, nothing runs
+
+
+async def test_a_wait_for_an_event_gives_way_to_a_cancellation_that_comes_as_the_event_is_set() -> None:
+    """``asyncio.wait_for`` on Python 3.11 returned as if nothing happened: a background task so
+    spared when its loop shut down ran on, and the shutdown waited for it forever."""
+    cancelled = 0
+    for turns in range(4):  # the cancellation comes 0-3 turns of the loop after the event is set
+        event = asyncio.Event()
+        waiting = asyncio.ensure_future(until_set(event, timeout=30))
+        await asyncio.sleep(0)
+        event.set()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if waiting.done():  # it saw the event before the cancellation came
+            assert waiting.result() is True
+            continue
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        cancelled += 1
+    assert cancelled >= 1  # the case that matters was met
+
+
+async def test_a_wait_for_an_event_says_whether_it_was_set_or_timed_out() -> None:
+    event = asyncio.Event()
+    assert await until_set(event, timeout=0.01) is False
+    event.set()
+    assert await until_set(event, timeout=30) is True

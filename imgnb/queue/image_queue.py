@@ -51,7 +51,7 @@ from .events import BatchSubscriber, EventBus, Subscriber
 from .files import delete_images as delete_images_of
 from .gc_hold import no_collections
 from .job import Job, JobState
-from .loop import DaemonExecutor, QueueLoop, keep_running
+from .loop import DaemonExecutor, QueueLoop, keep_running, until_set
 from .mirror import QueueMirror
 from .models import ModelCatalog
 from .processes import alive, host_name, new_owner
@@ -834,8 +834,7 @@ class ImageQueue:
     async def _idle(self) -> None:
         """Sleep until woken by a local change or until the next look at the database."""
         assert self._wakeup is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), self.lease_policy.poll)
+        await until_set(self._wakeup, self.lease_policy.poll)
         self._wakeup.clear()
         if self._closed:
             raise QueueClosed()
@@ -869,8 +868,7 @@ class ImageQueue:
         else:
             self._retry = _CATCH_UP_RETRY / 2
             timeout = self._follow_every
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        await until_set(self._changed, timeout)
         if len(self._reads) == _CATCH_UP_BURST:
             early = self._reads[0] + _CATCH_UP_BURST * _CATCH_UP_GAP - time.monotonic()
             if early > 0:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from ..errors import QueueClosed
 
-__all__ = ["DaemonExecutor", "QueueLoop", "flattened", "keep_running"]
+__all__ = ["DaemonExecutor", "QueueLoop", "flattened", "keep_running", "until_set"]
 
 log = logging.getLogger("imgnb")
 
@@ -126,12 +126,8 @@ class QueueLoop:
         if future.done():
             return True
         if self.on_loop_thread() and not self.owns_thread:  # made reentrant in __init__
-            waiter = asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
-            try:
-                self.loop.run_until_complete(waiter)
-            except TimeoutError:
-                return False
-            return True
+            done, _ = self.loop.run_until_complete(asyncio.wait({asyncio.wrap_future(future)}, timeout=timeout))
+            return bool(done)
         try:
             future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -193,6 +189,22 @@ async def keep_running(step: Callable[[], Awaitable[object]], *, name: str, retr
         except Exception:
             log.exception("imgnb: the %s failed; trying again in %g s", name, retry_after)
             await asyncio.sleep(retry_after)
+
+
+async def until_set(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set, at most ``timeout`` seconds; True if it was.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that comes once the event
+    is set (it returns as if not cancelled). A background task spared so when its loop shuts down
+    (``asyncio.run`` ending cancels every task, then waits for them) runs on, and the shutdown
+    waits for it forever: a change announced at that moment hung a test run's teardown.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 class DaemonExecutor(concurrent.futures.Executor):
