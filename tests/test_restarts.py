@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ import torch
 from imgnb import ImageQueue, JobStatus, LeasePolicy
 from imgnb.core.owners import Owner, dead_on_host
 from imgnb.core.records import JobRecord, JobSpec
+from imgnb.core.revisions import Run
 from imgnb.gen import tiny_pipeline
 from imgnb.queue.processes import alive, new_owner
 from imgnb.store import SQLStore
@@ -121,11 +122,11 @@ class StallsOnce(SQLStore):
         self.seconds = seconds
         self.stall = threading.Event()
 
-    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
+    def changes_since(self, revision: int, *, applied: Sequence[Run] = ()) -> tuple[int, list[JobRecord]]:
         if self.stall.is_set():
             self.stall.clear()
             time.sleep(self.seconds)  # the stall itself, not a wait for anything
-        return super().changes_since(revision)
+        return super().changes_since(revision, applied=applied)
 
 
 def test_a_queue_that_stalled_longer_than_its_lease_does_not_take_back_its_own_running_job(

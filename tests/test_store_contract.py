@@ -59,6 +59,21 @@ def test_changes_since_returns_only_newer_rows(store: Store) -> None:
     assert store.changes_since(current) == (current, [])
 
 
+def test_changes_since_leaves_out_the_revisions_the_caller_applied(store: Store) -> None:
+    """A queue passes its own writes after a gap: only the other writes are read."""
+    jobs = store.add([spec(str(i)) for i in range(4)], batch_keys=[None] * 4, now=NOW)
+    rev, _ = store.queued_snapshot()
+    own = [store.cancel(job.id, now=NOW).revision for job in jobs]  # four writes, in order
+    others = [own[1], own[3]]
+    current, changed = store.changes_since(rev, applied=[(own[0], own[0]), (own[2], own[2])])
+    assert current == own[3] and [(r.id, r.revision) for r in changed] == [
+        (jobs[1].id, others[0]),
+        (jobs[3].id, others[1]),
+    ]
+    assert store.changes_since(rev, applied=[(own[0], own[3])]) == (current, [])
+    assert [r.id for r in store.changes_since(rev, applied=[(current + 1, current + 5)])[1]] == [j.id for j in jobs]
+
+
 def test_claim_takes_the_head_and_the_device_lock(store: Store) -> None:
     low, high = store.add([spec("low", priority=0), spec("high", priority=2)], batch_keys=[None, None], now=NOW)
     claimed = store.claim(owner="w1", device="h/gpu0", now=NOW, lease=10)

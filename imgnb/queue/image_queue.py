@@ -843,8 +843,8 @@ class ImageQueue:
         """Another process committed a write (in the store's listener thread; ``None``: writes may
         have been missed): have the watcher read it now rather than at its next poll."""
         if revision is not None:
-            if revision <= self._mirror.revision:
-                return  # read already
+            if self._mirror.has_applied(revision):
+                return  # read already, or this process's own write
             self._heard = max(self._heard, revision)
         if self._catch_up_scheduled or self._closed:
             return
@@ -881,7 +881,8 @@ class ImageQueue:
         if not self._writing.acquire(blocking=False):
             return None
         try:
-            return self.store.changes_since(self._mirror.revision)
+            revision, applied = self._mirror.unread()
+            return self.store.changes_since(revision, applied=applied)
         finally:
             self._writing.release()
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from ..core.bulk_events import BulkEvents
 from ..core.ordering import OrderIndex, OrderKey
 from ..core.records import BulkChange, EventKind, JobEvent, JobRecord, RemovedJob
+from ..core.revisions import Run, runs_of
 from ..core.states import JobStatus
 from .gc_hold import no_collections
 from .job import JobState
@@ -40,6 +41,7 @@ class QueueMirror:
         self._lock = threading.RLock()
         self._index = OrderIndex(queued)
         self.revision = revision  # the database revision this mirror has caught up with
+        self._own: set[int] = set()  # revisions after it of this process's writes, applied (past a gap)
         self._seen: dict[int, _Seen] = {job_id: _Seen(revision, JobStatus.QUEUED, 0.0) for job_id, _ in queued}
         # the live states, weakly: plain references (a WeakValueDictionary costs microseconds an
         # entry, which 100,000 handles of a bulk retry notice), the dead ones swept as it grows
@@ -118,17 +120,42 @@ class QueueMirror:
     # -- catching up ----------------------------------------------------------------------------
 
     def advance_past_own_write(self, written: list[JobRecord]) -> None:
-        """Records that one write of this process returned: when that write is the very next
-        revision, the mirror is current up to it without reading the rows back."""
+        """Records that one write of this process returned, applied: its rows need not be read back."""
         with self._lock:
             revisions = {r.revision for r in written}
-            if len(revisions) == 1 and (revision := revisions.pop()) == self.revision + 1:
-                self.revision = revision
+            if len(revisions) == 1:
+                self._applied_own(revisions.pop())
+
+    def _applied_own(self, revision: int) -> None:
+        """(Under the lock.) The mirror is current up to this write when it is the next revision;
+        past a gap it is kept among ``own``, so that the watcher reads the gap alone."""
+        if revision > self.revision:
+            self._own.add(revision)
+            self._absorb_own()
 
     def advance_to(self, revision: int) -> None:
         """Every change up to ``revision`` has been applied (read from the database)."""
         with self._lock:
-            self.revision = max(self.revision, revision)
+            if revision > self.revision:
+                self.revision = revision
+                self._own = {r for r in self._own if r > revision}
+                self._absorb_own()
+
+    def _absorb_own(self) -> None:
+        while self.revision + 1 in self._own:
+            self.revision += 1
+            self._own.discard(self.revision)
+
+    def unread(self) -> tuple[int, list[Run]]:
+        """What the watcher must read: the changes after this revision, but for these runs of
+        this process's own writes, applied already."""
+        with self._lock:
+            return self.revision, runs_of(self._own)
+
+    def has_applied(self, revision: int) -> bool:
+        """True when the write of ``revision`` is applied here (a change announced need not be read)."""
+        with self._lock:
+            return revision <= self.revision or revision in self._own
 
     def apply(self, records: Iterable[JobRecord], *, emit: bool) -> tuple[list[JobEvent], list[JobState]]:
         """Take in newer records. Returns the events they amount to (none unless ``emit``) and the
@@ -215,8 +242,7 @@ class QueueMirror:
                     touched.append(state)
             keys = change.key_of if queued else {}
             self._index.update((job_id, keys.get(job_id)) for job_id in applied)
-            if self.revision + 1 == revision:
-                self.revision = revision
+            self._applied_own(revision)
             if not emit:
                 return [], touched
             events: list[Sequence[JobEvent]] = []

@@ -15,6 +15,7 @@ from typing import Any
 from ..core.editing import Place
 from ..core.ordering import OrderKey
 from ..core.records import AddedJobs, BulkChange, JobRecord, JobSpec, RemovedJob
+from ..core.revisions import Run
 from ..core.states import JobStatus
 
 __all__ = ["Store"]
@@ -57,8 +58,10 @@ class Store(ABC):
         needs to know every position."""
 
     @abstractmethod
-    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
-        """The current revision and the jobs changed after ``revision``."""
+    def changes_since(self, revision: int, *, applied: Sequence[Run] = ()) -> tuple[int, list[JobRecord]]:
+        """The current revision and the jobs changed after ``revision``, in revision order, but for
+        those of the revisions in ``applied``: ascending runs the caller applied already (its own
+        writes past a gap, see ``core.revisions``)."""
 
     @abstractmethod
     def claim(

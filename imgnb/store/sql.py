@@ -48,6 +48,7 @@ from ..core.merge import merge_patch
 from ..core.ordering import RUN_ORDER, OrderKey, order_key, order_keys
 from ..core.records import AddedJobs, BulkChange, JobRecord, JobSpec, RemovedJob, requeued
 from ..core.retry import has_runs_left
+from ..core.revisions import Run, unread_spans
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..core.validation import MAX_MODEL_LENGTH, json_data, validate_group, validate_job_id
 from ..errors import DatabaseError, DatabaseURLError, JobNotFound, NotADatabase, SchemaVersionError
@@ -996,13 +997,15 @@ class SQLStore(Store):
             rows = conn.execute(sa.select(job.c.id, *(job.c[name] for name, _ in RUN_ORDER)).where(_IS_QUEUED))
             return revision, [(r.id, order_key(**r._mapping)) for r in rows]
 
-    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
+    def changes_since(self, revision: int, *, applied: Sequence[Run] = ()) -> tuple[int, list[JobRecord]]:
         with self._read() as conn:
             current = self._revision(conn)
-            if current <= revision:
-                return current, []
-            rows = self._fast(_CHANGED).rows(conn, _args(rev=revision, upto=current))
-            return current, [_decode(r["id"], r)[0] for r in rows]
+            changed = self._fast(_CHANGED)
+            return current, [
+                _decode(r["id"], r)[0]
+                for after, upto in unread_spans(revision, current, applied)
+                for r in changed.rows(conn, _args(rev=after, upto=upto))
+            ]
 
     def claim(
         self,

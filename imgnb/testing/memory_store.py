@@ -23,6 +23,7 @@ from ..core.merge import merge_patch
 from ..core.ordering import OrderKey, order_keys
 from ..core.records import AddedJobs, BulkChange, JobRecord, JobSpec, RemovedJob, requeued
 from ..core.retry import has_runs_left
+from ..core.revisions import Run, unread_spans
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
 from ..errors import JobNotFound
 from ..store import Store
@@ -124,10 +125,11 @@ class MemoryStore(Store):
         with self._lock:
             return self._revision, [(r.id, r.order_key) for r in self._jobs.values() if r.status is JobStatus.QUEUED]
 
-    def changes_since(self, revision: int) -> tuple[int, list[JobRecord]]:
+    def changes_since(self, revision: int, *, applied: Sequence[Run] = ()) -> tuple[int, list[JobRecord]]:
         with self._lock:
-            changed = sorted(self._where(lambda r: r.revision > revision), key=lambda r: (r.revision, r.id))
-            return self._revision, changed
+            spans = unread_spans(revision, self._revision, applied)
+            changed = self._where(lambda r: any(after < r.revision <= upto for after, upto in spans))
+            return self._revision, sorted(changed, key=lambda r: (r.revision, r.id))
 
     def claim(
         self,

@@ -1,0 +1,43 @@
+"""Which revisions a queue must still read (``core.revisions``): the spans between the runs of its
+own writes, checked against a plain set of numbers."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imgnb.core.revisions import MAX_RUNS, runs_of, unread_spans
+
+
+def test_runs_join_consecutive_revisions() -> None:
+    assert runs_of([7, 3, 4, 5, 9, 10, 4]) == [(3, 5), (7, 7), (9, 10)]
+    assert runs_of([]) == []
+
+
+def test_beyond_the_most_runs_the_longest_are_kept_in_order() -> None:
+    revisions = [10 * i for i in range(MAX_RUNS)] + [1000, 1001, 1002] + [2000, 2001]
+    runs = runs_of(revisions)
+    assert len(runs) == MAX_RUNS and runs == sorted(runs)
+    assert (1000, 1002) in runs and (2000, 2001) in runs
+
+
+def test_the_spans_are_what_lies_outside_the_runs() -> None:
+    assert unread_spans(10, 20, [(12, 13), (15, 15)]) == [(10, 11), (13, 14), (15, 20)]
+    assert unread_spans(10, 20, [(11, 20)]) == []
+    assert unread_spans(10, 20, []) == [(10, 20)]
+    assert unread_spans(10, 10, []) == []
+    assert unread_spans(10, 20, [(5, 12), (25, 30)]) == [(12, 20)]
+
+
+@given(
+    after=st.integers(0, 60),
+    size=st.integers(0, 60),
+    own=st.sets(st.integers(0, 130), max_size=40),
+)
+def test_a_read_of_the_spans_misses_nothing_but_the_runs(after: int, size: int, own: set[int]) -> None:
+    upto = after + size
+    runs = runs_of(own)
+    kept = {r for first, last in runs for r in range(first, last + 1)}
+    assert kept <= own
+    read = [r for a, b in unread_spans(after, upto, runs) for r in range(a + 1, b + 1)]
+    assert read == sorted(set(range(after + 1, upto + 1)) - kept)  # each once, in order
