@@ -1,12 +1,15 @@
 """Which revisions a queue must still read (``core.revisions``): the spans between the runs of its
-own writes, checked against a plain set of numbers."""
+own writes, checked against a plain set of numbers; and how the mirror keeps those runs."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imgnb.core.revisions import MAX_RUNS, runs_of, unread_spans
+from imgnb import JobStatus
+from imgnb.core.records import BulkChange, JobRecord
+from imgnb.core.revisions import MAX_RUNS, WORTH_SKIPPING, runs_of, unread_spans
+from imgnb.queue.mirror import QueueMirror
 
 
 def test_runs_join_consecutive_revisions() -> None:
@@ -41,3 +44,24 @@ def test_a_read_of_the_spans_misses_nothing_but_the_runs(after: int, size: int, 
     assert kept <= own
     read = [r for a, b in unread_spans(after, upto, runs) for r in range(a + 1, b + 1)]
     assert read == sorted(set(range(after + 1, upto + 1)) - kept)  # each once, in order
+
+
+def _written(job_id: int, revision: int) -> JobRecord:
+    return JobRecord(
+        id=job_id, seq=job_id, status=JobStatus.CANCELLED, priority=1, group=None, prompt="p", params={},
+        seed=0, metadata={}, timeout=None, max_retries=0, created_at=0.0, updated_at=0.0, run_at=0.0,
+        revision=revision,
+    )  # fmt: skip
+
+
+def test_the_mirror_skips_its_big_writes_past_a_gap_and_reads_its_small_ones_back() -> None:
+    mirror = QueueMirror(5, [])
+    mirror.advance_past_own_write([_written(1, 6)])  # the next revision: current up to it
+    assert mirror.unread() == (6, [])
+    mirror.advance_past_own_write([_written(1, 8)])  # past revision 7, another process's
+    many = tuple(range(100, 100 + WORTH_SKIPPING))
+    mirror.apply_bulk(BulkChange(ids=many, revision=9, values={"status": JobStatus.CANCELLED}), emit=False)
+    assert mirror.unread() == (6, [(9, 9)])  # revision 8's one row is read back with the gap
+    assert [mirror.has_applied(r) for r in (6, 7, 8, 9, 10)] == [True, False, True, True, False]
+    mirror.advance_to(7)  # the watcher read the gap: the writes after it are applied already
+    assert mirror.unread() == (9, []) and mirror.revision == 9

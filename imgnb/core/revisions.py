@@ -5,17 +5,21 @@ mirror is current up to revision N only when every revision up to N was applied;
 by another process, or by a write whose rows it did not apply (a lease renewal), leaves a gap. The
 own writes after a gap are kept as runs ``(first, last)`` (inclusive), and the watcher reads only
 the spans between them: after a 100,000-job retry that came past a gap, the spans are the gap.
+Only writes of many rows are worth a span each side; the small ones are read back with the gaps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["MAX_RUNS", "Run", "runs_of", "unread_spans"]
+__all__ = ["MAX_RUNS", "WORTH_SKIPPING", "Run", "runs_of", "unread_spans"]
 
 Run = tuple[int, int]  # first and last revision, both included
 
 MAX_RUNS = 16  # a read makes one query a span: more runs than this read the shortest ones back
+# rows: a smaller own write is read back with the gaps around it, in one query, not skipped with a
+# query each side of it (8 processes' claims and finishes interleave: every one lies past a gap)
+WORTH_SKIPPING = 64
 
 
 def runs_of(revisions: Iterable[int]) -> list[Run]:

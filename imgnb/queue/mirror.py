@@ -19,7 +19,7 @@ from typing import NamedTuple
 from ..core.bulk_events import BulkEvents
 from ..core.ordering import OrderIndex, OrderKey
 from ..core.records import BulkChange, EventKind, JobEvent, JobRecord, RemovedJob
-from ..core.revisions import Run, runs_of
+from ..core.revisions import WORTH_SKIPPING, Run, runs_of
 from ..core.states import JobStatus
 from .gc_hold import no_collections
 from .job import JobState
@@ -41,7 +41,7 @@ class QueueMirror:
         self._lock = threading.RLock()
         self._index = OrderIndex(queued)
         self.revision = revision  # the database revision this mirror has caught up with
-        self._own: set[int] = set()  # revisions after it of this process's writes, applied (past a gap)
+        self._own: dict[int, int] = {}  # revision -> rows of this process's writes after it, applied (past a gap)
         self._seen: dict[int, _Seen] = {job_id: _Seen(revision, JobStatus.QUEUED, 0.0) for job_id, _ in queued}
         # the live states, weakly: plain references (a WeakValueDictionary costs microseconds an
         # entry, which 100,000 handles of a bulk retry notice), the dead ones swept as it grows
@@ -124,13 +124,13 @@ class QueueMirror:
         with self._lock:
             revisions = {r.revision for r in written}
             if len(revisions) == 1:
-                self._applied_own(revisions.pop())
+                self._applied_own(revisions.pop(), len(written))
 
-    def _applied_own(self, revision: int) -> None:
+    def _applied_own(self, revision: int, rows: int) -> None:
         """(Under the lock.) The mirror is current up to this write when it is the next revision;
         past a gap it is kept among ``own``, so that the watcher reads the gap alone."""
         if revision > self.revision:
-            self._own.add(revision)
+            self._own[revision] = rows
             self._absorb_own()
 
     def advance_to(self, revision: int) -> None:
@@ -138,19 +138,19 @@ class QueueMirror:
         with self._lock:
             if revision > self.revision:
                 self.revision = revision
-                self._own = {r for r in self._own if r > revision}
+                self._own = {r: rows for r, rows in self._own.items() if r > revision}
                 self._absorb_own()
 
     def _absorb_own(self) -> None:
         while self.revision + 1 in self._own:
             self.revision += 1
-            self._own.discard(self.revision)
+            del self._own[self.revision]
 
     def unread(self) -> tuple[int, list[Run]]:
         """What the watcher must read: the changes after this revision, but for these runs of
-        this process's own writes, applied already."""
+        this process's own writes, applied already (those of ``WORTH_SKIPPING`` rows or more)."""
         with self._lock:
-            return self.revision, runs_of(self._own)
+            return self.revision, runs_of(r for r, rows in self._own.items() if rows >= WORTH_SKIPPING)
 
     def has_applied(self, revision: int) -> bool:
         """True when the write of ``revision`` is applied here (a change announced need not be read)."""
@@ -242,7 +242,7 @@ class QueueMirror:
                     touched.append(state)
             keys = change.key_of if queued else {}
             self._index.update((job_id, keys.get(job_id)) for job_id in applied)
-            self._applied_own(revision)
+            self._applied_own(revision, len(change.ids))
             if not emit:
                 return [], touched
             events: list[Sequence[JobEvent]] = []
