@@ -567,6 +567,44 @@ def test_a_queue_left_open_closes_with_the_loop_it_borrowed(tmp_path: Path) -> N
             check.cancel(job_id)  # the next run starts its own job
 
 
+class AnnouncingStore(SQLStore):
+    """An SQLStore whose listeners the test calls itself, as its listener thread would on a
+    write of another process (from the loop's thread here: at a chosen turn of the loop)."""
+
+    def __init__(self, db: str | Path) -> None:
+        super().__init__(db)
+        self.callbacks: list[Callable[[int | None], None]] = []
+
+    def listen(self, callback: Callable[[int | None], None], *, work_only: bool = False) -> Callable[[], None]:
+        self.callbacks.append(callback)
+        return super().listen(callback, work_only=work_only)
+
+    def announce(self) -> None:
+        for callback in self.callbacks:
+            callback(None)  # writes may have been missed: the watcher looks at once
+
+
+def test_a_loop_that_ends_as_a_change_is_announced_ends(tmp_path: Path) -> None:
+    """``asyncio.run`` cancels every task at its end, then waits for them. The watcher waited with
+    ``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that comes once what it
+    waits for is set: announced just then, the watcher ran on and the end waited for ever (a CI
+    run's teardown hung so). The announcement comes 0 to 3 turns of the loop before the end."""
+    for turns in range(4):
+        store = AnnouncingStore(tmp_path / f"announced-{turns}.db")
+
+        async def main(turns: int = turns, store: AnnouncingStore = store) -> None:
+            q = ImageQueue(store.url, store=store, generator=FakeGenerator(), lease=FAST_LEASE)
+            await q.submit("done")
+            store.announce()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+
+        ended = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+        ended.start()
+        ended.join(timeout=30)
+        assert not ended.is_alive(), f"asyncio.run never returned ({turns} turns)"
+
+
 def test_a_blocking_wait_while_other_callbacks_are_ready_keeps_the_loop_running(tmp_path: Path) -> None:
     """The loop is made reentrant when the queue is made on it, not at the first blocking wait:
     patched in the middle of a turn, the turn that nests it would find the callbacks it counted
