@@ -52,7 +52,8 @@ class MetaRow(SQLModel, table=True):
 
 FINISHED = sa.text("finished_at IS NOT NULL")  # the jobs ``imgnb_job_finished`` holds
 # the jobs ``imgnb_job_run_order`` holds; a query must state it, not bind it (see SQLStore's _IS_QUEUED)
-QUEUED_ONLY = f"status = '{JobStatus.QUEUED.value}'"
+QUEUED_LITERAL = f"'{JobStatus.QUEUED.value}'"
+QUEUED_ONLY = f"status = {QUEUED_LITERAL}"
 
 
 class JobRow(SQLModel, table=True):

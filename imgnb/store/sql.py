@@ -59,6 +59,7 @@ from .prepared import Prepared, Row
 from .schema import (
     COUNT_ROWS,
     COUNT_TRIGGERS,
+    QUEUED_LITERAL,
     SCHEMA_VERSION,
     SQLITE_STATUS_TRIGGER,
     CountRow,
@@ -185,7 +186,7 @@ def _args(**values: Any) -> dict[str, Any]:
 _QUEUED = JobStatus.QUEUED.value
 # queued, as the partial run-order index's condition says it (schema.QUEUED_ONLY): the planners
 # use that index only for a query that states its condition, never for a bound parameter
-_IS_QUEUED = job.c.status == sa.literal_column(f"'{_QUEUED}'")
+_IS_QUEUED = job.c.status == sa.literal_column(QUEUED_LITERAL)
 _PROCESSING = JobStatus.PROCESSING.value
 _RUN_ORDER = tuple(job.c[name].desc() if descending else job.c[name].asc() for name, descending in RUN_ORDER)
 _LAST_TO_RUN_FIRST = tuple(job.c[name].asc() if descending else job.c[name].desc() for name, descending in RUN_ORDER)
