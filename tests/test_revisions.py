@@ -65,3 +65,12 @@ def test_the_mirror_skips_its_big_writes_past_a_gap_and_reads_its_small_ones_bac
     assert [mirror.has_applied(r) for r in (6, 7, 8, 9, 10)] == [True, False, True, True, False]
     mirror.advance_to(7)  # the watcher read the gap: the writes after it are applied already
     assert mirror.unread() == (9, []) and mirror.revision == 9
+
+
+def test_own_writes_published_out_of_order_bring_the_mirror_past_both() -> None:
+    """Two threads of this process commit revisions 6 and 7 and publish them the other way round."""
+    mirror = QueueMirror(5, [])
+    mirror.advance_past_own_write([_written(1, 7)])
+    assert mirror.revision == 5 and mirror.has_applied(7)
+    mirror.advance_past_own_write([_written(2, 6)])
+    assert mirror.unread() == (7, [])
