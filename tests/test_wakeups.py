@@ -241,16 +241,14 @@ class SlowAfterWrites(SQLStore):
             self.read_upto = max(self.read_upto, current)
         return current, records
 
-    def caught_up(self) -> None:
-        """Wait until the watcher has read past every write so far: its mirror has no gap behind
-        it then (on PostgreSQL an empty claim leaves one), and past a gap the queue's own small
-        writes are read back, by design (see ``core.revisions``)."""
+    def forget_reads(self) -> None:
+        """Wait until the watcher has read past every write so far, then forget what was read
+        back, once no read is under way. Its mirror has no gap behind it then (on PostgreSQL an
+        empty claim leaves one; past a gap the queue's own small writes are read back, by design,
+        see ``core.revisions``), and a read that began before a worker's write was published, which
+        may return that write's rows as it should, is not counted."""
         upto = self.queued_snapshot()[0]
         wait_until(lambda: self.read_upto >= upto)
-
-    def forget_reads(self) -> None:
-        """Forget what was read back so far, once no read is under way (one that began before a
-        worker's write was published may return its rows, as it should)."""
         with self._reading:
             self.read_back.clear()
 
@@ -276,7 +274,6 @@ def test_the_watcher_never_reads_back_what_this_queue_wrote(db_url: str, make_qu
     failed = q.submit_batch([{"prompt": f"fail {i}"} for i in range(3)], max_retries=0)
     wait_until(lambda: all(job.status is JobStatus.ERROR for job in failed))
     q.pause()
-    store.caught_up()
     store.forget_reads()
     store.pause = 0.2  # ten of the watcher's polls, and the write's announcement comes at once
     first, second, third = q.retry_failed()
@@ -319,7 +316,6 @@ def test_past_another_process_write_the_watcher_reads_that_write_alone(db_url: s
     failed = q.submit_batch([{"prompt": f"fail {i}"} for i in range(WORTH_SKIPPING)], max_retries=0)
     wait_until(lambda: done.status is JobStatus.COMPLETE and all(job.status is JobStatus.ERROR for job in failed))
     q.pause()
-    store.caught_up()
     store.forget_reads()
     store.touch = done.id
     assert len(q.retry_failed()) == WORTH_SKIPPING
