@@ -56,9 +56,19 @@ class LedgerStore(SQLStore):
 
     def finish(self, *args: Any, **kwargs: Any) -> Any:
         record = super().finish(*args, **kwargs)
-        if record is not None and record.status is JobStatus.COMPLETE:
-            soak_ledger.append(self.ledger, "stored", record.id)
+        self._note([record])
         return record
+
+    def finish_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        """The finishes a claim took into its transaction (or stored alone, when it found nothing)."""
+        finished, claimed = super().finish_and_claim(*args, **kwargs)
+        self._note(finished)
+        return finished, claimed
+
+    def _note(self, records: list[Any]) -> None:
+        for record in records:
+            if record is not None and record.status is JobStatus.COMPLETE:
+                soak_ledger.append(self.ledger, "stored", record.id)
 
 
 def submit_share(q: ImageQueue, ledger: Path, jobs: int, prefix: str, rng: random.Random) -> None:

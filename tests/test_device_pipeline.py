@@ -21,9 +21,10 @@ from PIL import Image
 
 import imgnb.queue.worker as worker_module
 from imgnb import GenerationRequest, ImageQueue, JobStatus
-from imgnb.core.records import EventKind, JobEvent, JobRecord
+from imgnb.core.records import EventKind, Finish, JobEvent, JobRecord
 from imgnb.gen.base import OnStep
 from imgnb.queue.worker import MAX_STORING
+from imgnb.store import SQLStore
 from imgnb.testing import FakeGenerator
 from tests.fixtures.queues import wait_until
 from tests.test_processes import spawn
@@ -169,6 +170,36 @@ def test_the_writer_writes_the_next_images_while_the_last_job_is_being_stored(
         job.result(timeout=20)
     assert first.batch is not None and first.batch == second.batch  # one generator call made both
     assert seen == [True]  # the writer did not wait for the first job's finish
+
+
+class CountingClaims(SQLStore):
+    """Counts the finishes that went into a claim's transaction."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.with_a_claim = 0
+
+    def finish_and_claim(
+        self, finishes: Sequence[Finish], **claim: Any
+    ) -> tuple[list[JobRecord | None], list[JobRecord]]:
+        finished, claimed = super().finish_and_claim(finishes, **claim)
+        if claimed:
+            self.with_a_claim += len(finishes)
+        return finished, claimed
+
+
+def test_a_busy_database_stores_written_jobs_in_the_next_claims_commit(make_queue: MakeQueue, db_path: str) -> None:
+    """Short jobs keep the database thread busy: the claim the device asks for waits behind the
+    last finish, and takes the jobs written meanwhile into its own transaction (one commit, not
+    two). Each is complete, its files on disk, all the same."""
+    store = CountingClaims(db_path)
+    q = make_queue(db_path, generator=FakeGenerator(steps=1), store=store, start=False)
+    jobs = q.submit_batch([{"prompt": f"p{i}"} for i in range(300)])
+    q.start()
+    for job in jobs:
+        job.result(timeout=60)
+        assert job.status is JobStatus.COMPLETE and all(Path(image).is_file() for image in job.images)
+    assert store.with_a_claim > 0
 
 
 def test_a_worker_killed_between_writing_and_storing_loses_nothing(

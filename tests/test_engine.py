@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from imgnb import JobStatus
+from imgnb.core.records import Finish
 from imgnb.store import SQLStore
 from imgnb.store.engine import sqlite_has_wal_reset_fix, to_url
+from tests.test_store_contract import NOW, spec
 
 
 @pytest.mark.parametrize(
@@ -37,3 +40,26 @@ def test_sqlite_settings(tmp_path: object) -> None:
     store.close()
     assert to_url("postgresql+psycopg://u@h/db").get_backend_name() == "postgresql"
     assert isinstance(to_url("x.db"), sa.URL)
+
+
+def test_a_finish_and_the_claim_after_it_are_one_commit_on_sqlite(tmp_path: object) -> None:
+    """A commit is most of what a finish or a claim costs a SQLite file: a worker's finishes
+    that wait for its next claim go into the claim's."""
+    store = SQLStore(f"{tmp_path}/jobs.db")
+    commits: list[object] = []
+    sa.event.listen(store.engine, "commit", commits.append)
+    try:
+        first, second, third = store.add([spec("a"), spec("b"), spec("c")], batch_keys=[None] * 3, now=NOW)
+        store.claim(owner="w", device="d", now=NOW, lease=10)
+        commits.clear()
+        store.finish(first.id, owner="w", status=JobStatus.COMPLETE, now=NOW)
+        store.claim(owner="w", device="d", now=NOW, lease=10)
+        assert len(commits) == 2
+        commits.clear()
+        finished, claimed = store.finish_and_claim(
+            [Finish(second.id, "w", JobStatus.COMPLETE, NOW)], owner="w", device="d", now=NOW, lease=10
+        )
+        assert len(commits) == 1
+        assert [r.id for r in claimed] == [third.id] and [r.status for r in finished if r] == [JobStatus.COMPLETE]
+    finally:
+        store.close()

@@ -20,6 +20,7 @@ __all__ = [
     "BulkChange",
     "DeviceState",
     "EventKind",
+    "Finish",
     "GenerationRequest",
     "JobEvent",
     "JobRecord",
@@ -84,6 +85,25 @@ class JobRecord:
 
     def request(self) -> GenerationRequest:
         return GenerationRequest(job_id=self.id, prompt=self.prompt, params=self.params, seed=self.seed)
+
+
+class Finish(NamedTuple):
+    """How one run of a job ended, as ``Store.finish`` is told it, kept for a later call: a
+    worker's finishes wait in it for the next claim, to be stored in its transaction
+    (``Store.finish_and_claim``)."""
+
+    job_id: int
+    owner: str
+    status: JobStatus
+    now: float
+    error: str | None = None
+    images: Sequence[str] = ()
+    run_at: float | None = None
+
+    def outcome(self) -> dict[str, Any]:
+        """The keyword arguments of ``Store.finish`` (all but the job's id)."""
+        return {"owner": self.owner, "status": self.status, "now": self.now, "error": self.error,
+                "images": self.images, "run_at": self.run_at}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,10 +9,13 @@ because two jobs on one GPU is worse than one waiting.
 
 The device never waits for bookkeeping: once a generator call returns, the generation thread asks
 the database thread to claim the next job, which starts it on the device at once; only then does
-the loop hear of either, and the previous job's images go to a writer thread to be stored while
-the next one runs. ``complete`` keeps its meaning: a job is stored complete only after its files
-are on disk, and until then it stays ``processing`` under this worker's lease, so a process that
-dies between the two loses nothing (its job is recovered like any dead worker's).
+the loop hear of either, and the previous job's images go to a writer thread while the next one
+runs. A written job is stored complete by the next claim, in the claim's transaction (one commit
+for both: most of what a no-op job costs a SQLite file is its commits), or by a call of its own
+when no claim waits behind it. ``complete`` keeps its meaning: a job is stored complete only after
+its files are on disk, and until then it stays ``processing`` under this worker's lease, so a
+process that dies between the two loses nothing (its job is recovered like any dead worker's).
+The device waits for the writer only when images pile up (``MAX_STORING``), never for a commit.
 
 A worker knows its queue only through a ``WorkerContext``: the few things it may ask for, and its
 device's models through a ``DeviceModels``: a job's model is loaded in the generation thread before
@@ -34,14 +37,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..core.describe import attempt_text
 from ..core.leases import LeasePolicy, deadline
-from ..core.records import JobRecord, ModelLoad
+from ..core.records import Finish, JobRecord, ModelLoad
 from ..core.retry import FailureKind, RetryPolicy, get_retry_decision
 from ..core.states import JobStatus
 from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
 from ..gen.base import BatchGenerator
 from ..store import Store
 from .files import save_images
-from .loop import DaemonExecutor, flattened, keep_running
+from .loop import DaemonExecutor, keep_running
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -53,7 +56,7 @@ __all__ = ["STOP_WAIT", "DeviceWorker", "WorkerContext"]
 log = logging.getLogger("imgnb")
 T = TypeVar("T")
 TICK = 0.05  # seconds between looks at deadlines and cancellations while a job runs
-MAX_STORING = 2  # generations whose images may wait for the writer; beyond that the device waits
+MAX_STORING = 2  # generator calls whose images may wait for the writer; beyond that the device waits
 WRITE_HOLD = 1.0  # seconds at most that the writer waits for the next generation to start first
 STOP_WAIT = 10.0  # seconds close() waits for a generation to reach its next step and stop
 PROGRESS_PERSIST_EVERY = 1.0  # seconds between progress writes, for other processes to show
@@ -101,14 +104,6 @@ class _Run:
 Started = tuple[list[JobRecord], list[JobRecord], dict[int, _Run], "concurrent.futures.Future[Any] | None"]
 
 
-class _WriteFailed(Exception):
-    """The images of a job could not be written (in the writer thread): the job's failure."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 def _resolve(future: asyncio.Future[None]) -> None:
     """On the loop: ``future`` is done, if nothing else made it so."""
     if not future.done():
@@ -143,8 +138,7 @@ class DeviceWorker:
         self.affinity = affinity  # see core.affinity
         self.batch_size = batch_size if models.can_batch else 1
         self.runs: dict[int, _Run] = {}
-        self._storing: dict[int, _Run] = {}  # generated, images being written: still held, still leased
-        self._stores: set[asyncio.Task[None]] = set()
+        self._storing: dict[int, _Run] = {}  # generated, not yet stored: still held, still leased (the loop's)
         self._executor = DaemonExecutor(f"imgnb-{device}")
         self._writer = DaemonExecutor(f"imgnb-{device}-writer")
         self._holding = False
@@ -153,6 +147,11 @@ class DeviceWorker:
         # then, not in the moment between two generator calls, which it would stretch
         self._write_ok = threading.Event()
         self._ahead: concurrent.futures.Future[Started] | None = None  # the claim the generation thread asked for
+        # between the loop, the writer and the database thread, under _hand_lock:
+        self._unwritten = 0  # generator calls whose images the writer has yet to write
+        self._caught_up: asyncio.Future[None] | None = None  # the loop waits for that to fall
+        self._finishing: list[tuple[Finish, _Run]] = []  # written, to be stored: the next claim takes them
+        self._hand_lock = threading.Lock()
         self._next_beat = 0.0  # monotonic time of the next lease renewal
         self._next_promotion = 0.0  # monotonic time of the next look for due retries
 
@@ -173,8 +172,6 @@ class DeviceWorker:
             run.settled = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._writer.shutdown(wait=False, cancel_futures=True)
-        for task in self._stores:
-            task.cancel()
 
     def wait_stopped(self, timeout: float) -> bool:
         """After ``shutdown``: wait for the generation to stop at its next step. A process must not
@@ -195,8 +192,7 @@ class DeviceWorker:
             self._write_ok.set()
             while not ctx.may_claim():
                 await ctx.wait_for_work()
-            while len(self._stores) > MAX_STORING:  # the writer is behind the device: let it catch up
-                await asyncio.wait(self._stores, return_when=asyncio.FIRST_COMPLETED)
+            await self._writer_caught_up()
             started = await ctx.db(self._claim_and_start)
         else:  # claimed, and probably started, by the generation thread's request
             try:
@@ -213,7 +209,7 @@ class DeviceWorker:
         self._write_ok.set()
         if promoted:
             ctx.publish(promoted)
-        if self._stores:  # still being stored: their jobs and the device keep their leases meanwhile
+        if self._storing:  # still being stored: their jobs and the device keep their leases meanwhile
             if time.monotonic() >= self._next_beat:
                 await self._beat(time.time())
         elif self._holding:  # the device is given back once what it made is stored
@@ -226,18 +222,30 @@ class DeviceWorker:
         claimed once ``pause()`` has returned."""
         ctx = self.ctx
         with ctx.claim_gate:  # a claim checked before pause() may wait for a submit's commit
+            finishing = self._take_finishing()
             if not ctx.may_claim():
+                self._finish_each(finishing)
                 return []
-            return ctx.store.claim(
-                owner=ctx.owner,
-                device=self.lock_name,
-                now=time.time(),
-                lease=ctx.lease.lease,
-                batch_size=self.batch_size,
-                loaded=self.models.loaded(),
-                affinity=self.affinity,
-                serves=self.models.serves,
-            )
+            claim: dict[str, Any] = {
+                "owner": ctx.owner,
+                "device": self.lock_name,
+                "now": time.time(),
+                "lease": ctx.lease.lease,
+                "batch_size": self.batch_size,
+                "loaded": self.models.loaded(),
+                "affinity": self.affinity,
+                "serves": self.models.serves,
+            }
+            if not finishing:
+                return ctx.store.claim(**claim)
+            try:
+                finished, claimed = ctx.store.finish_and_claim([finish for finish, _ in finishing], **claim)
+            except BaseException:
+                self._finish_each(finishing)  # alone: the claim's failure is not theirs
+                raise
+            for (_, run), record in zip(finishing, finished, strict=True):
+                ctx.call_on_loop(self._stored, run, record)
+            return claimed
 
     def _promote(self) -> list[JobRecord]:
         """In the database thread: the retries that are due go back to the queue (at most once a
@@ -306,7 +314,7 @@ class DeviceWorker:
                 if run.stop is None and not loading and run.deadline is not None and now >= run.deadline:
                     run.stop = JobTimedOut(f"timed out after {run.record.timeout:g} s")
                 if run.stop is not None:
-                    await self._settle(run, None, run.stop)
+                    await self._settle(run, run.stop)
         if self.runs is runs:  # not yet replaced by the next call's
             self.runs = {}
         try:
@@ -314,14 +322,11 @@ class DeviceWorker:
         except BaseException as exc:  # the generator's failure is the job's outcome
             for run in runs.values():
                 if not run.settled:
-                    await self._settle(run, None, exc)
+                    await self._settle(run, exc)
             return
         made = [(runs[r.id], images) for r, images in zip(claimed, outputs, strict=True) if not runs[r.id].settled]
         if made:
-            self._storing.update((run.record.id, run) for run, _ in made)
-            task = asyncio.get_running_loop().create_task(self._store(made))
-            self._stores.add(task)
-            task.add_done_callback(self._stores.discard)
+            self._store(made)
 
     async def renew(self) -> None:
         """Renew this worker's leases now, if it holds anything. The watcher calls it just before it
@@ -343,43 +348,76 @@ class DeviceWorker:
         for job_id in asked:
             self.request_stop(job_id, JobInterrupted("cancelled"))
 
-    async def _store(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
-        """Have each job's images written, then the job stored as complete, by the writer thread
-        (``_write_and_finish``): complete means its files are on disk. All of a call's jobs go to
-        the writer at once: it writes the next one's images while the last one is being stored.
-        A write that fails (a full disk) fails the job like a generator error; a database
-        failure leaves the job to its lease, like a dead worker's."""
-        try:
-            stores = [
-                (run, flattened(self._writer.submit(self._write_and_finish, run, images))) for run, images in made
-            ]
-        except RuntimeError:  # shut down by close(), which hands the jobs back itself
-            return
-        for run, stored in stores:
-            try:
-                try:
-                    await self._stored(run, await self.ctx.wrap(stored))
-                except (QueueClosed, concurrent.futures.CancelledError):
-                    return
-                except _WriteFailed as failed:
-                    await self._settle(run, None, failed.error)
-            except Exception:
-                log.exception("imgnb: storing job %s failed; its lease will bring it back", run.record.id)
-            finally:
-                self._storing.pop(run.record.id, None)
+    def _store(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
+        """Hand a call's images to the writer (``_write``); its jobs stay held and leased until
+        they are stored."""
+        self._storing.update((run.record.id, run) for run, _ in made)
+        with self._hand_lock:
+            self._unwritten += 1
+        with contextlib.suppress(RuntimeError):  # shut down by close(), which hands the jobs back itself
+            self._writer.submit(self._write, made)
 
-    def _write_and_finish(self, run: _Run, images: Sequence[Image]) -> concurrent.futures.Future[JobRecord | None]:
-        """In the writer thread, once the device is busy again (or idle): write the image files,
-        then hand the job to the database thread to be stored as complete, without a stop on the
-        loop. The writer does not wait for that: it goes on with the next job's images meanwhile
-        (waiting, it spent a finish's time idle for every job it wrote)."""
-        self._write_ok.wait(WRITE_HOLD)
+    async def _writer_caught_up(self) -> None:
+        """Until the writer has at most ``MAX_STORING`` calls' images left to write: the device
+        waits for it rather than pile images up in memory."""
+        while True:
+            with self._hand_lock:
+                if self._unwritten <= MAX_STORING:
+                    return
+                self._caught_up = caught_up = asyncio.get_running_loop().create_future()
+            await caught_up
+
+    def _write(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
+        """In the writer thread, once the device is busy again (or idle): write each job's image
+        files, then leave it to be stored complete: by the next claim, in its transaction, or by
+        a call of its own (``_finish_waiting``), whichever comes first. Complete means its files
+        are on disk. The writer goes on with the next images meanwhile (waiting, it spent a
+        finish's time idle for every job it wrote). A write that fails (a full disk) fails the
+        job like a generator error."""
         try:
-            paths = save_images(self.ctx.images_dir, run.record.request(), images)
-        except Exception as exc:
-            raise _WriteFailed(exc) from exc
-        run.settled = True
-        return self.ctx.db_soon(self.ctx.store.finish, run.record.id, **self._outcome(run, paths, None))
+            for run, images in made:
+                self._write_ok.wait(WRITE_HOLD)
+                try:
+                    finish = self._outcome(run, save_images(self.ctx.images_dir, run.record.request(), images))
+                except Exception as exc:
+                    finish = self._outcome(run, (), exc)
+                run.settled = True
+                with self._hand_lock:
+                    self._finishing.append((finish, run))
+                self.ctx.db_soon(self._finish_waiting)
+        except QueueClosed:  # close() hands the jobs back itself
+            pass
+        finally:
+            with self._hand_lock:
+                self._unwritten -= 1
+                caught_up, self._caught_up = self._caught_up, None
+            if caught_up is not None:
+                self.ctx.call_on_loop(_resolve, caught_up)
+
+    def _take_finishing(self) -> list[tuple[Finish, _Run]]:
+        with self._hand_lock:
+            taken, self._finishing = self._finishing, []
+        return taken
+
+    def _finish_waiting(self) -> None:
+        """In the database thread: store the written jobs no claim took with it, unless the claim
+        the generation thread asked for waits behind this call (it takes them: one commit, not two)."""
+        ahead = self._ahead
+        if ahead is not None and not ahead.done():
+            return
+        self._finish_each(self._take_finishing())
+
+    def _finish_each(self, finishing: list[tuple[Finish, _Run]]) -> None:
+        """In the database thread: store each finish in its own transaction. One that fails (the
+        database) leaves its job to its lease, like a dead worker's."""
+        for finish, run in finishing:
+            try:
+                stored = self.ctx.store.finish(finish.job_id, **finish.outcome())
+            except Exception:
+                log.exception("imgnb: storing job %s failed; its lease will bring it back", finish.job_id)
+                self.ctx.call_on_loop(self._storing.pop, finish.job_id, None)
+            else:
+                self.ctx.call_on_loop(self._stored, run, stored)
 
     def _loading_changed(self, job_ids: list[int], load: ModelLoad | None) -> None:
         """On the loop: a model load for these jobs began (``load``) or ended; their deadlines wait
@@ -409,54 +447,51 @@ class DeviceWorker:
                 self.ctx.store.set_progress, run.record.id, owner=self.ctx.owner, progress=step[0] / step[1], now=now
             )
 
-    async def _settle(self, run: _Run, images: Sequence[str] | None, error: BaseException | None) -> None:
-        """Store how a run ended.
+    async def _settle(self, run: _Run, error: BaseException) -> None:
+        """Store how a run that made nothing ended.
 
         Once ``close()`` has begun nothing is stored (the database thread refuses with
         ``QueueClosed``): close hands every running job back to its place, uncounted, and the
         run's result is dropped rather than half-written.
         """
         run.settled = True
+        finish = self._outcome(run, (), error)
         try:
-            stored = await self.ctx.db(self.ctx.store.finish, run.record.id, **self._outcome(run, images, error))
+            stored = await self.ctx.db(self.ctx.store.finish, finish.job_id, **finish.outcome())
         except QueueClosed:
             return
-        await self._stored(run, stored)
+        self._stored(run, stored)
 
-    async def _stored(self, run: _Run, stored: JobRecord | None) -> None:
+    def _stored(self, run: _Run, stored: JobRecord | None) -> None:
+        """On the loop: how a run's end was stored (None: its job was not ours any more)."""
+        self._storing.pop(run.record.id, None)
         if stored is None:
             log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", run.record.id)
             return
         self.ctx.publish([stored])
 
-    def _outcome(self, run: _Run, images: Sequence[str] | None, error: BaseException | None) -> dict[str, Any]:
-        """What ``Store.finish`` is told of how a run ended (any thread)."""
+    def _outcome(self, run: _Run, images: Sequence[str], error: BaseException | None = None) -> Finish:
+        """What ``Store.finish`` is told of how a run ended, with ``images`` or ``error`` (any thread)."""
         ctx = self.ctx
         record = run.record
         now = time.time()
-        finish: dict[str, Any] = {"owner": ctx.owner, "now": now}
         if error is None:
-            finish.update(status=JobStatus.COMPLETE, images=list(images or ()))
-        else:
-            kind = _classify(error)
-            message = str(error) if isinstance(error, JobInterrupted) else f"{type(error).__name__}: {error}"
-            decision = get_retry_decision(
-                kind=kind, attempts=record.attempts, max_retries=record.max_retries, policy=ctx.retry_policy
-            )
-            if kind is FailureKind.CANCELLED:
-                finish.update(status=JobStatus.CANCELLED, error=None)
-            elif decision is None:
-                finish.update(status=JobStatus.ERROR, error=message)
-            else:
-                finish.update(
-                    status=JobStatus.PENDING,
-                    run_at=now + decision.delay,
-                    error=f"{message} ({attempt_text(record.attempts, record.max_retries)}; "
-                    f"retrying in {decision.delay:g} s)",
-                )
-            if kind is FailureKind.TRANSIENT:
-                log.info("imgnb: job %s failed: %s", record.id, message, exc_info=error)
-        return finish
+            return Finish(record.id, ctx.owner, JobStatus.COMPLETE, now, images=list(images))
+        kind = _classify(error)
+        message = str(error) if isinstance(error, JobInterrupted) else f"{type(error).__name__}: {error}"
+        if kind is FailureKind.TRANSIENT:
+            log.info("imgnb: job %s failed: %s", record.id, message, exc_info=error)
+        if kind is FailureKind.CANCELLED:
+            return Finish(record.id, ctx.owner, JobStatus.CANCELLED, now)
+        decision = get_retry_decision(
+            kind=kind, attempts=record.attempts, max_retries=record.max_retries, policy=ctx.retry_policy
+        )
+        if decision is None:
+            return Finish(record.id, ctx.owner, JobStatus.ERROR, now, error=message)
+        retrying = f"{attempt_text(record.attempts, record.max_retries)}; retrying in {decision.delay:g} s"
+        return Finish(
+            record.id, ctx.owner, JobStatus.PENDING, now, error=f"{message} ({retrying})", run_at=now + decision.delay
+        )
 
     # -- the generation thread ------------------------------------------------------------------
 
@@ -508,7 +543,7 @@ class DeviceWorker:
         now, without waiting for the loop (unless the writer is behind, or the queue closing). One
         at a time: while the loop has not taken the last one (it is behind the device), the loop
         claims the next itself, so no started call goes unfollowed."""
-        if self._ahead is not None or len(self._stores) >= MAX_STORING or self._shut:
+        if self._ahead is not None or self._unwritten >= MAX_STORING or self._shut:
             return
         with contextlib.suppress(QueueClosed):
             self._ahead = self.ctx.db_soon(self._claim_and_start)
