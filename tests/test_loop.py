@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from imgnb.queue.loop import QueueLoop, flattened, until_set
+from imgnb.queue.loop import QueueLoop, until_set
 
 
 @pytest.fixture
@@ -117,39 +117,6 @@ def test_cancelling_the_waiter_cancels_the_wrapped_future(queue_loop: QueueLoop)
 
     queue_loop.submit(cancel_it()).result(timeout=10)
     assert future.cancelled()
-
-
-def test_flattened_gives_the_outcome_of_the_future_handed_on_or_of_the_first_if_it_failed() -> None:
-    def handed_on(inner: concurrent.futures.Future[int]) -> concurrent.futures.Future[int]:
-        outer: concurrent.futures.Future[concurrent.futures.Future[int]] = concurrent.futures.Future()
-        whole = flattened(outer)
-        outer.set_result(inner)
-        return whole
-
-    done: concurrent.futures.Future[int] = concurrent.futures.Future()
-    whole = handed_on(done)
-    assert not whole.done()  # the first is done, not the one it handed its work on to
-    threading.Thread(target=done.set_result, args=(7,)).start()
-    assert whole.result(timeout=10) == 7
-
-    failed: concurrent.futures.Future[int] = concurrent.futures.Future()
-    failed.set_exception(KeyError("inner"))
-    with pytest.raises(KeyError, match="inner"):
-        handed_on(failed).result(timeout=10)
-
-    cancelled: concurrent.futures.Future[int] = concurrent.futures.Future()
-    cancelled.cancel()
-    assert handed_on(cancelled).cancelled()
-
-    outer: concurrent.futures.Future[concurrent.futures.Future[int]] = concurrent.futures.Future()
-    whole = flattened(outer)
-    outer.set_exception(OSError("outer"))
-    with pytest.raises(OSError, match="outer"):
-        whole.result(timeout=10)
-    dropped: concurrent.futures.Future[concurrent.futures.Future[int]] = concurrent.futures.Future()
-    whole = flattened(dropped)
-    dropped.cancel()
-    assert whole.cancelled()
 
 
 def test_calls_after_the_loop_closed_are_dropped(queue_loop: QueueLoop) -> None:

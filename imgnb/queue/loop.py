@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from ..errors import QueueClosed
 
-__all__ = ["DaemonExecutor", "QueueLoop", "flattened", "keep_running", "until_set"]
+__all__ = ["DaemonExecutor", "QueueLoop", "keep_running", "until_set"]
 
 log = logging.getLogger("imgnb")
 
@@ -146,25 +146,7 @@ class QueueLoop:
                 self.loop.close()
 
 
-def flattened(outer: concurrent.futures.Future[concurrent.futures.Future[T]]) -> concurrent.futures.Future[T]:
-    """The outcome of the future that ``outer`` resolves to, as one future. A thread that hands
-    its call's last part on to another thread (the writer, a finish to the database thread)
-    returns at once instead of waiting for it, and whoever waits for the whole is woken once."""
-    whole: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-    def copy(done: concurrent.futures.Future[Any]) -> None:
-        if done is outer and not done.cancelled() and done.exception() is None:
-            done.result().add_done_callback(copy)
-        else:
-            _copy_outcome(done, whole)
-
-    outer.add_done_callback(copy)
-    return whole
-
-
-def _copy_outcome(
-    done: concurrent.futures.Future[Any], into: asyncio.Future[Any] | concurrent.futures.Future[Any]
-) -> None:
+def _copy_outcome(done: concurrent.futures.Future[Any], into: asyncio.Future[Any]) -> None:
     """Give ``into`` what ``done`` ended with: its result, its error or its cancellation."""
     if done.cancelled():
         into.cancel()
