@@ -34,7 +34,7 @@ def test_quick_scale_benchmark_prints_every_measure() -> None:
     assert len(WATCHING.findall(out)) == ("postgresql" in backends), out  # and beside it, watching workers
     assert {size for size in GAP.findall(out)} == {"512", "1024"}, out
     assert re.search(rf"^overhead per job, no-op generator, SQLite \(300 jobs\): {NUMBER}", out, re.M), out
-    assert re.search(rf"^  claim \+ PNG \+ finish by hand, one thread, alone: {NUMBER}.* \(queue x{NUMBER}", out, re.M)
+    assert re.search(rf"^  PNG \+ finish in the next claim, by hand: {NUMBER}.* \(queue x{NUMBER}", out, re.M)
     assert re.search(rf"^  one hand-over between two threads \(a wake-up\): {NUMBER} us$", out, re.M), out
     assert re.search(rf"^submit_batch of 10,000 jobs into a file of 10,000: {NUMBER}", out, re.M), out
     assert re.search(rf"^  the driver's bare executemany of the same rows, same file: {NUMBER}.* \(queue x", out, re.M)

@@ -147,6 +147,7 @@ class DeviceWorker:
         # then, not in the moment between two generator calls, which it would stretch
         self._write_ok = threading.Event()
         self._ahead: concurrent.futures.Future[Started] | None = None  # the claim the generation thread asked for
+        self._claim_due: concurrent.futures.Future[Started] | None = None  # the last claim asked for, by either
         # between the loop, the writer and the database thread, under _hand_lock:
         self._unwritten = 0  # generator calls whose images the writer has yet to write
         self._caught_up: asyncio.Future[None] | None = None  # the loop waits for that to fall
@@ -193,7 +194,8 @@ class DeviceWorker:
             while not ctx.may_claim():
                 await ctx.wait_for_work()
             await self._writer_caught_up()
-            started = await ctx.db(self._claim_and_start)
+            self._claim_due = claim = ctx.db_soon(self._claim_and_start)
+            started = await ctx.wrap(claim)
         else:  # claimed, and probably started, by the generation thread's request
             try:
                 started = ahead.result() if ahead.done() else await ctx.wrap(ahead)
@@ -400,10 +402,10 @@ class DeviceWorker:
         return taken
 
     def _finish_waiting(self) -> None:
-        """In the database thread: store the written jobs no claim took with it, unless the claim
-        the generation thread asked for waits behind this call (it takes them: one commit, not two)."""
-        ahead = self._ahead
-        if ahead is not None and not ahead.done():
+        """In the database thread: store the written jobs no claim took with it, unless a claim
+        waits behind this call (it takes them: one commit, not two)."""
+        due = self._claim_due
+        if due is not None and not due.done():
             return
         self._finish_each(self._take_finishing())
 
@@ -546,4 +548,4 @@ class DeviceWorker:
         if self._ahead is not None or self._unwritten >= MAX_STORING or self._shut:
             return
         with contextlib.suppress(QueueClosed):
-            self._ahead = self.ctx.db_soon(self._claim_and_start)
+            self._ahead = self._claim_due = self.ctx.db_soon(self._claim_and_start)
