@@ -740,9 +740,10 @@ class ImageQueue:
             elif record.cancel_requested:
                 self._loop.call(self._stop_local, record.id, JobInterrupted("cancelled"))
         events, touched = self._mirror.apply(records, emit=bool(self._bus))
-        if not events and not touched:
-            return
-        if self._loop.loop.is_closed():  # after close(): nothing is left to deliver to
+        if not events:  # none to deliver first: the waiters wake from here, the loop left alone
+            for state in touched:
+                state.settle()
+        elif self._loop.loop.is_closed():  # after close(): nothing is left to deliver to
             self._settle([events], touched)
         else:
             self._loop.call(self._settle, [events], touched)

@@ -77,7 +77,7 @@ class WorkerContext:
     images_dir: Path
     db: RunInDb  # run a store call in the queue's database thread; raises QueueClosed once closed
     db_soon: Callable[..., concurrent.futures.Future[Any]]  # the same, from any thread, without waiting
-    publish: Callable[[list[JobRecord]], None]  # records that one write of this process returned
+    publish: Callable[[list[JobRecord]], None]  # records that one write of this process returned (any thread)
     report_step: Callable[[list[int], int, int, dict[int, Image]], None]  # a step (and previews), from its thread
     call_on_loop: Callable[..., None]  # run a function on the queue's loop, from any thread
     wrap: Callable[[concurrent.futures.Future[T]], asyncio.Future[T]]  # asyncio.wrap_future, through call_on_loop
@@ -138,7 +138,7 @@ class DeviceWorker:
         self.affinity = affinity  # see core.affinity
         self.batch_size = batch_size if models.can_batch else 1
         self.runs: dict[int, _Run] = {}
-        self._storing: dict[int, _Run] = {}  # generated, not yet stored: still held, still leased (the loop's)
+        self._storing: dict[int, _Run] = {}  # generated, not yet stored: still held, still leased (_hand_lock)
         self._executor = DaemonExecutor(f"imgnb-{device}")
         self._writer = DaemonExecutor(f"imgnb-{device}-writer")
         self._holding = False
@@ -246,7 +246,7 @@ class DeviceWorker:
                 self._finish_each(finishing)  # alone: the claim's failure is not theirs
                 raise
             for (_, run), record in zip(finishing, finished, strict=True):
-                ctx.call_on_loop(self._stored, run, record)
+                self._stored(run, record)
             return claimed
 
     def _promote(self) -> list[JobRecord]:
@@ -343,7 +343,9 @@ class DeviceWorker:
         stored; a job whose cancellation another process asked for is told to stop."""
         ctx = self.ctx
         self._next_beat = time.monotonic() + ctx.lease.heartbeat
-        live = [i for i, run in self.runs.items() if not run.settled] + list(self._storing)
+        with self._hand_lock:
+            storing = list(self._storing)
+        live = [i for i, run in self.runs.items() if not run.settled] + storing
         asked = await ctx.db(
             ctx.store.renew, owner=ctx.owner, device=self.lock_name, job_ids=live, now=now, lease=ctx.lease.lease
         )
@@ -353,8 +355,8 @@ class DeviceWorker:
     def _store(self, made: list[tuple[_Run, Sequence[Image]]]) -> None:
         """Hand a call's images to the writer (``_write``); its jobs stay held and leased until
         they are stored."""
-        self._storing.update((run.record.id, run) for run, _ in made)
         with self._hand_lock:
+            self._storing.update((run.record.id, run) for run, _ in made)
             self._unwritten += 1
         with contextlib.suppress(RuntimeError):  # shut down by close(), which hands the jobs back itself
             self._writer.submit(self._write, made)
@@ -417,9 +419,10 @@ class DeviceWorker:
                 stored = self.ctx.store.finish(finish.job_id, **finish.outcome())
             except Exception:
                 log.exception("imgnb: storing job %s failed; its lease will bring it back", finish.job_id)
-                self.ctx.call_on_loop(self._storing.pop, finish.job_id, None)
+                with self._hand_lock:
+                    self._storing.pop(finish.job_id, None)
             else:
-                self.ctx.call_on_loop(self._stored, run, stored)
+                self._stored(run, stored)
 
     def _loading_changed(self, job_ids: list[int], load: ModelLoad | None) -> None:
         """On the loop: a model load for these jobs began (``load``) or ended; their deadlines wait
@@ -465,8 +468,10 @@ class DeviceWorker:
         self._stored(run, stored)
 
     def _stored(self, run: _Run, stored: JobRecord | None) -> None:
-        """On the loop: how a run's end was stored (None: its job was not ours any more)."""
-        self._storing.pop(run.record.id, None)
+        """How a run's end was stored (None: its job was not ours any more), told at once, from
+        the thread that stored it: the loop is woken only when it has events to deliver."""
+        with self._hand_lock:
+            self._storing.pop(run.record.id, None)
         if stored is None:
             log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", run.record.id)
             return
