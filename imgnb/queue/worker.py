@@ -405,7 +405,9 @@ class DeviceWorker:
 
     def _finish_waiting(self) -> None:
         """In the database thread: store the written jobs no claim took with it, unless a claim
-        waits behind this call (it takes them: one commit, not two)."""
+        waits behind this call (it takes them: one commit, not two). A claim queued always runs:
+        nothing cancels it but ``close()``, which lets the database thread run all it was given
+        before it cancels the tasks that wait for those calls."""
         due = self._claim_due
         if due is not None and not due.done():
             return
