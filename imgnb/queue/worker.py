@@ -471,13 +471,18 @@ class DeviceWorker:
 
     def _stored(self, run: _Run, stored: JobRecord | None) -> None:
         """How a run's end was stored (None: its job was not ours any more), told at once, from
-        the thread that stored it: the loop is woken only when it has events to deliver."""
+        the thread that stored it: the loop is woken only when it has events to deliver. Should
+        the telling fail, it is logged and the database thread goes on with the rest it stores
+        (the jobs are stored already), as the loop goes on after a call that fails."""
         with self._hand_lock:
             self._storing.pop(run.record.id, None)
         if stored is None:
             log.warning("imgnb: job %s was taken over by another worker (lease lost); outcome dropped", run.record.id)
             return
-        self.ctx.publish([stored])
+        try:
+            self.ctx.publish([stored])
+        except Exception:
+            log.exception("imgnb: telling of job %s, stored %s, failed", stored.id, stored.status.value)
 
     def _outcome(self, run: _Run, images: Sequence[str], error: BaseException | None = None) -> Finish:
         """What ``Store.finish`` is told of how a run ended, with ``images`` or ``error`` (any thread)."""
