@@ -221,7 +221,8 @@ class DeviceWorker:
 
     def _claim(self) -> list[JobRecord]:
         """In the database thread. Pausing is checked here, at the last moment, so that no job is
-        claimed once ``pause()`` has returned."""
+        claimed once ``pause()`` has returned. The written jobs waiting to be stored go into the
+        claim's transaction (``Store.finish_and_claim``), or alone when it may not claim."""
         ctx = self.ctx
         with ctx.claim_gate:  # a claim checked before pause() may wait for a submit's commit
             finishing = self._take_finishing()
