@@ -56,7 +56,7 @@ from typing import Any
 from PIL import Image
 
 from imgnb import GenerationRequest, ImageQueue, JobStatus
-from imgnb.core.records import EventKind, Finish, JobEvent, JobSpec
+from imgnb.core.records import Claim, EventKind, Finish, JobEvent, JobSpec
 from imgnb.queue.files import save_images
 from imgnb.store import SQLStore
 
@@ -346,7 +346,7 @@ def store_work(folder: Path, jobs: int) -> float:
             paths = save_images(folder / "store-work", claimed.request(), [image])
             finish = Finish(claimed.id, "w", JobStatus.COMPLETE, time.time(), images=paths)
             if left:
-                _, (claimed,) = store.finish_and_claim([finish], owner="w", device="d", now=time.time(), lease=30)
+                _, (claimed,) = store.finish_and_claim([finish], Claim("w", "d", time.time(), 30))
             else:
                 store.finish(finish.job_id, **finish.outcome())
         return (time.perf_counter() - began) / jobs

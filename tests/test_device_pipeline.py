@@ -21,7 +21,7 @@ from PIL import Image
 
 import imgnb.queue.worker as worker_module
 from imgnb import GenerationRequest, ImageQueue, JobStatus
-from imgnb.core.records import EventKind, Finish, JobEvent, JobRecord
+from imgnb.core.records import Claim, EventKind, Finish, JobEvent, JobRecord
 from imgnb.gen.base import OnStep
 from imgnb.queue.worker import MAX_STORING
 from imgnb.store import SQLStore
@@ -180,9 +180,9 @@ class CountingClaims(SQLStore):
         self.with_a_claim = 0
 
     def finish_and_claim(
-        self, finishes: Sequence[Finish], **claim: Any
+        self, finishes: Sequence[Finish], claim: Claim
     ) -> tuple[list[JobRecord | None], list[JobRecord]]:
-        finished, claimed = super().finish_and_claim(finishes, **claim)
+        finished, claimed = super().finish_and_claim(finishes, claim)
         if claimed:
             self.with_a_claim += len(finishes)
         return finished, claimed

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from imgnb import JobStatus
-from imgnb.core.records import Finish
+from imgnb.core.records import Claim, Finish
 from imgnb.store import SQLStore
 from imgnb.store.engine import sqlite_has_wal_reset_fix, to_url
 from tests.test_store_contract import NOW, spec
@@ -57,7 +57,7 @@ def test_a_finish_and_the_claim_after_it_are_one_commit_on_sqlite(tmp_path: obje
         assert len(commits) == 2
         commits.clear()
         finished, claimed = store.finish_and_claim(
-            [Finish(second.id, "w", JobStatus.COMPLETE, NOW)], owner="w", device="d", now=NOW, lease=10
+            [Finish(second.id, "w", JobStatus.COMPLETE, NOW)], Claim(owner="w", device="d", now=NOW, lease=10)
         )
         assert len(commits) == 1
         assert [r.id for r in claimed] == [third.id] and [r.status for r in finished if r] == [JobStatus.COMPLETE]

@@ -16,7 +16,7 @@ import pytest
 from imgnb import IllegalTransition, JobNotFound, JobStatus
 from imgnb.core.affinity import Waiting, pick
 from imgnb.core.editing import Place
-from imgnb.core.records import Finish, JobRecord, JobSpec
+from imgnb.core.records import Claim, Finish, JobRecord, JobSpec
 from imgnb.store import Store
 
 S = JobStatus
@@ -116,10 +116,7 @@ def test_finish_and_claim_stores_the_finishes_then_claims(store: Store) -> None:
     store.claim(owner="w", device="d1", now=NOW, lease=10)
     finished, claimed = store.finish_and_claim(
         [Finish(first.id, "w", S.COMPLETE, NOW + 1, images=["a.png"]), Finish(second.id, "intruder", S.COMPLETE, NOW)],
-        owner="w",
-        device="d0",
-        now=NOW + 1,
-        lease=10,
+        Claim(owner="w", device="d0", now=NOW + 1, lease=10),
     )
     done = finished[0]
     assert done is not None and (done.status, done.images, done.finished_at) == (S.COMPLETE, ("a.png",), NOW + 1)
@@ -127,13 +124,15 @@ def test_finish_and_claim_stores_the_finishes_then_claims(store: Store) -> None:
     assert [(r.id, r.status, r.owner) for r in claimed] == [(third.id, S.PROCESSING, "w")]
     assert done.revision < claimed[0].revision and store.get(first.id) == done
     finished, claimed = store.finish_and_claim(
-        [Finish(second.id, "w", S.ERROR, NOW + 2, error="boom")], owner="w", device="d1", now=NOW + 2, lease=10
+        [Finish(second.id, "w", S.ERROR, NOW + 2, error="boom")], Claim(owner="w", device="d1", now=NOW + 2, lease=10)
     )
     failed = finished[0]
     assert claimed == [] and failed is not None and (failed.status, failed.error) == (S.ERROR, "boom")
     assert store.changes_since(failed.revision)[1] == []  # the claim that found nothing left nothing
     with pytest.raises(IllegalTransition):
-        store.finish_and_claim([Finish(third.id, "w", S.PROCESSING, NOW)], owner="w", device="d0", now=NOW, lease=10)
+        store.finish_and_claim(
+            [Finish(third.id, "w", S.PROCESSING, NOW)], Claim(owner="w", device="d0", now=NOW, lease=10)
+        )
     assert store.get(third.id).status is S.PROCESSING  # refused whole
 
 

@@ -6,7 +6,7 @@ timezone-aware datetimes at the edge.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
@@ -18,6 +18,7 @@ from .states import JobStatus
 __all__ = [
     "AddedJobs",
     "BulkChange",
+    "Claim",
     "DeviceState",
     "EventKind",
     "Finish",
@@ -85,6 +86,20 @@ class JobRecord:
 
     def request(self) -> GenerationRequest:
         return GenerationRequest(job_id=self.id, prompt=self.prompt, params=self.params, seed=self.seed)
+
+
+class Claim(NamedTuple):
+    """What ``Store.claim`` is asked, as one value: for a call that claims after other writes
+    (``Store.finish_and_claim``). ``store.claim(**claim._asdict())`` is the claim alone."""
+
+    owner: str
+    device: str
+    now: float
+    lease: float
+    batch_size: int = 1
+    loaded: Collection[str | None] = ()
+    affinity: int = 0
+    serves: Collection[str] | None = None
 
 
 class Finish(NamedTuple):

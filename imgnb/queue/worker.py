@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..core.describe import attempt_text
 from ..core.leases import LeasePolicy, deadline
-from ..core.records import Finish, JobRecord, ModelLoad
+from ..core.records import Claim, Finish, JobRecord, ModelLoad
 from ..core.retry import FailureKind, RetryPolicy, get_retry_decision
 from ..core.states import JobStatus
 from ..errors import InvalidJob, JobInterrupted, JobTimedOut, QueueClosed
@@ -229,20 +229,20 @@ class DeviceWorker:
             if not ctx.may_claim():
                 self._finish_each(finishing)
                 return []
-            claim: dict[str, Any] = {
-                "owner": ctx.owner,
-                "device": self.lock_name,
-                "now": time.time(),
-                "lease": ctx.lease.lease,
-                "batch_size": self.batch_size,
-                "loaded": self.models.loaded(),
-                "affinity": self.affinity,
-                "serves": self.models.serves,
-            }
+            claim = Claim(
+                owner=ctx.owner,
+                device=self.lock_name,
+                now=time.time(),
+                lease=ctx.lease.lease,
+                batch_size=self.batch_size,
+                loaded=self.models.loaded(),
+                affinity=self.affinity,
+                serves=self.models.serves,
+            )
             if not finishing:
-                return ctx.store.claim(**claim)
+                return ctx.store.claim(**claim._asdict())
             try:
-                finished, claimed = ctx.store.finish_and_claim([finish for finish, _ in finishing], **claim)
+                finished, claimed = ctx.store.finish_and_claim([finish for finish, _ in finishing], claim)
             except BaseException:
                 self._finish_each(finishing)  # alone: the claim's failure is not theirs
                 raise

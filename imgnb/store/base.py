@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core.editing import Place
 from ..core.ordering import OrderKey
-from ..core.records import AddedJobs, BulkChange, Finish, JobRecord, JobSpec, RemovedJob
+from ..core.records import AddedJobs, BulkChange, Claim, Finish, JobRecord, JobSpec, RemovedJob
 from ..core.revisions import Run
 from ..core.states import JobStatus
 
@@ -90,33 +90,13 @@ class Store(ABC):
         part of its record), and a hand-made ``requeue`` sets it back to 0."""
 
     def finish_and_claim(
-        self,
-        finishes: Sequence[Finish],
-        *,
-        owner: str,
-        device: str,
-        now: float,
-        lease: float,
-        batch_size: int = 1,
-        loaded: Collection[str | None] = (),
-        affinity: int = 0,
-        serves: Collection[str] | None = None,
+        self, finishes: Sequence[Finish], claim: Claim
     ) -> tuple[list[JobRecord | None], list[JobRecord]]:
         """``finish`` each of ``finishes``, then ``claim``: what each returns. A store may make
         them one transaction (one commit: the most of what a no-op job costs a SQLite file), each
         write with its own revision in that order; this one makes each its own."""
         finished = [self.finish(f.job_id, **f.outcome()) for f in finishes]
-        claimed = self.claim(
-            owner=owner,
-            device=device,
-            now=now,
-            lease=lease,
-            batch_size=batch_size,
-            loaded=loaded,
-            affinity=affinity,
-            serves=serves,
-        )
-        return finished, claimed
+        return finished, self.claim(**claim._asdict())
 
     @abstractmethod
     def renew(self, *, owner: str, device: str, job_ids: Sequence[int], now: float, lease: float) -> set[int]:

@@ -46,7 +46,7 @@ from ..core.affinity import Waiting, pick
 from ..core.editing import EDITABLE_STATUSES, Place, Renumbering, check_editable, check_target, move_before, new_seqs
 from ..core.merge import merge_patch
 from ..core.ordering import RUN_ORDER, OrderKey, order_key, order_keys
-from ..core.records import AddedJobs, BulkChange, Finish, JobRecord, JobSpec, RemovedJob, requeued
+from ..core.records import AddedJobs, BulkChange, Claim, Finish, JobRecord, JobSpec, RemovedJob, requeued
 from ..core.retry import has_runs_left
 from ..core.revisions import Run, unread_spans
 from ..core.states import FINAL_STATUSES, JobStatus, check_transition
@@ -1026,81 +1026,48 @@ class SQLStore(Store):
         affinity: int = 0,
         serves: Collection[str] | None = None,
     ) -> list[JobRecord]:
-        return self._finish_then_claim([], owner, device, now, lease, batch_size, loaded, affinity, serves)[1]
+        return self._finish_then_claim([], Claim(owner, device, now, lease, batch_size, loaded, affinity, serves))[1]
 
     def finish_and_claim(
-        self,
-        finishes: Sequence[Finish],
-        *,
-        owner: str,
-        device: str,
-        now: float,
-        lease: float,
-        batch_size: int = 1,
-        loaded: Collection[str | None] = (),
-        affinity: int = 0,
-        serves: Collection[str] | None = None,
+        self, finishes: Sequence[Finish], claim: Claim
     ) -> tuple[list[JobRecord | None], list[JobRecord]]:
         """SQLite: one transaction when the claim takes a job (else the claim is rolled back, and
         the finishes stored again alone). A finish and a claim took 0.28 ms a job as two commits
         and 0.19 ms as one (measured here). PostgreSQL: each its own: writers do not queue on one
         lock there, and a finish's row held across the claim's would lock jobs out of id order
-        (see the module's docstring)."""
-        together = self.dialect == "sqlite"
-        return self._finish_then_claim(
-            finishes, owner, device, now, lease, batch_size, loaded, affinity, serves, together=together
-        )
-
-    def _finish_then_claim(
-        self,
-        finishes: Sequence[Finish],
-        owner: str,
-        device: str,
-        now: float,
-        lease: float,
-        batch_size: int,
-        loaded: Collection[str | None],
-        affinity: int,
-        serves: Collection[str] | None,
-        *,
-        together: bool = True,
-    ) -> tuple[list[JobRecord | None], list[JobRecord]]:
-        """``finishes``, then a claim: in one transaction if ``together`` and the claim writes
-        anything. When it does not, nothing of it is kept: the lock and the revision stay as they
-        were, and the finishes are stored alone. Never through ``finish`` or ``claim``: a subclass
-        that notes what they store would note these twice."""
+        (see the module's docstring). Never through ``finish`` or ``claim``: a subclass that notes
+        what they store would note these twice."""
         for f in finishes:
             check_transition(JobStatus.PROCESSING, f.status)
+        if self.dialect == "sqlite":
+            return self._finish_then_claim(finishes, claim)
+        return [self._finish_alone(f) for f in finishes], self._finish_then_claim([], claim)[1]
+
+    def _finish_then_claim(
+        self, finishes: Sequence[Finish], claim: Claim
+    ) -> tuple[list[JobRecord | None], list[JobRecord]]:
+        """``finishes``, then the claim, in one transaction when the claim writes anything. When it
+        does not, nothing of it is kept: the lock and the revision stay as they were, and the
+        finishes are stored alone."""
         if self.read_only:
             return [self._finish_alone(f) for f in finishes], []  # refused there
-        alone = [] if together else [self._finish_alone(f) for f in finishes]
-        if device not in self._devices:  # its own transaction: the claim below may roll back
+        if claim.device not in self._devices:  # its own transaction: the claim below may roll back
             insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
             with self._guarded(), self.engine.begin() as conn:
-                conn.execute(insert(device_lock).values(name=device).on_conflict_do_nothing())
-            self._devices.add(device)  # device rows are never deleted
+                conn.execute(insert(device_lock).values(name=claim.device).on_conflict_do_nothing())
+            self._devices.add(claim.device)  # device rows are never deleted
         with self._guarded(), self._connection() as conn, conn.begin() as txn:
-            finished = [self._finish_in(conn, f) for f in finishes] if together else alone
-            claimed = self._claim_in(conn, owner, device, now, lease, batch_size, loaded, affinity, serves)
+            finished = [self._finish_in(conn, f) for f in finishes]
+            claimed = self._claim_in(conn, claim)
             if claimed is not None:
                 return finished, claimed  # committed on the way out
             txn.rollback()
-        return ([self._finish_alone(f) for f in finishes] if together else alone), []
+        return [self._finish_alone(f) for f in finishes], []
 
-    def _claim_in(
-        self,
-        conn: sa.Connection,
-        owner: str,
-        device: str,
-        now: float,
-        lease: float,
-        batch_size: int,
-        loaded: Collection[str | None],
-        affinity: int,
-        serves: Collection[str] | None,
-    ) -> list[JobRecord] | None:
+    def _claim_in(self, conn: sa.Connection, claim: Claim) -> list[JobRecord] | None:
         """The claim, in ``conn``'s transaction; None when it must be rolled back (the device is
         held by a live owner, or nothing is eligible): then it changed nothing worth keeping."""
+        owner, device, now, lease, batch_size, loaded, affinity, serves = claim
         rev = self._bump(conn, quiet=True)
         served = None if serves is None else sorted(serves)
         args = {**_args(owner=owner, device=device, now=now, until=now + lease, rev=rev), **_served_args(served)}
